@@ -1,0 +1,26 @@
+# Two commands a new user runs: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Parallel test workers; torch threads per worker are set in tests/conftest.py.
+TEST_WORKERS ?= 2
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/repvit models
+
+test: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

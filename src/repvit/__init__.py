@@ -1,0 +1,38 @@
+"""repvit: RepViT mobile CNN backbones - exact models, reparameterization, weights, tools.
+
+Paper: Ao Wang, Hui Chen, Zijia Lin, Jungong Han, Guiguang Ding. "RepViT: Revisiting Mobile CNN
+From ViT Perspective". CVPR 2024. arXiv:2307.09283.
+
+    >>> import repvit
+    >>> model = repvit.create_model("repvit_m0_9")        # training structure
+    >>> deployed = repvit.reparameterize(model)           # new fused copy, model untouched
+"""
+
+__version__ = "0.1.0"
+
+from .models import RepViT, RepViTFeatures, RepViTSpec, create_model, list_models
+from .reparam import reparameterize
+from .weights import (
+    CheckpointError,
+    default_weights,
+    list_weights,
+    load_weights,
+    read_checkpoint,
+    save_weights,
+)
+
+__all__ = [
+    "__version__",
+    "RepViT",
+    "RepViTFeatures",
+    "RepViTSpec",
+    "CheckpointError",
+    "create_model",
+    "list_models",
+    "reparameterize",
+    "load_weights",
+    "save_weights",
+    "read_checkpoint",
+    "list_weights",
+    "default_weights",
+]

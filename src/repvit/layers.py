@@ -1,0 +1,334 @@
+"""Building blocks of RepViT, each in its training form with a ``fuse()`` to its inference form.
+
+Every fusable module derives from :class:`Fusable`: ``fuse()`` returns a *new* plain module that
+computes the same function in eval mode, built from pure ``(weight, bias)`` arithmetic
+(:func:`fold_batchnorm`, :func:`fold_batchnorm_before_linear`). The training module is never
+modified. :func:`repvit.reparameterize` walks a model and swaps each ``Fusable`` for its fused form.
+
+Paper: Wang et al., "RepViT: Revisiting Mobile CNN From ViT Perspective", CVPR 2024, arXiv:2307.09283.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import SqueezeExcite, trunc_normal_
+from torch import nn
+
+__all__ = [
+    "Fusable",
+    "fold_batchnorm",
+    "fold_batchnorm_before_linear",
+    "ConvNorm",
+    "NormLinear",
+    "RepDepthwiseConv",
+    "ChannelMixer",
+    "RepViTBlock",
+    "Stem",
+    "Downsample",
+    "Stage",
+    "ClassifierHead",
+    "SqueezeExcite",
+]
+
+
+class Fusable(nn.Module):
+    """A module with a training structure that folds into a simpler inference structure."""
+
+    def fuse(self) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure fusion arithmetic
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fold_batchnorm(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm that *follows* a conv/linear ``(weight, bias)`` into it."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    if bias is None:
+        bias = torch.zeros_like(bn.running_mean)
+    fused_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    fused_bias = bn.bias + (bias - bn.running_mean) * scale
+    return fused_weight, fused_bias
+
+
+@torch.no_grad()
+def fold_batchnorm_before_linear(
+    bn: nn.BatchNorm1d, linear: nn.Linear
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm1d that *precedes* a Linear layer into the Linear."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    weight = linear.weight * scale[None, :]
+    bias = linear.weight @ shift
+    if linear.bias is not None:
+        bias = bias + linear.bias
+    return weight, bias
+
+
+def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """A biased Conv2d with ``conv``'s geometry holding the given tensors (dtype/device kept)."""
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    fused.weight.copy_(weight)
+    fused.bias.copy_(bias)
+    return fused
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------
+
+
+class ConvNorm(Fusable):
+    """Bias-free Conv2d followed by BatchNorm2d; fuses to one biased Conv2d."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
+        )
+        self.bn = nn.BatchNorm2d(out_chs)
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        return _conv_like(self.conv, *fold_batchnorm(self.conv.weight, None, self.bn))
+
+
+class NormLinear(Fusable):
+    """BatchNorm1d followed by Linear (the paper's classifier head); fuses to one Linear."""
+
+    def __init__(self, in_features: int, out_features: int, std: float = 0.02):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_features)
+        self.linear = nn.Linear(in_features, out_features)
+        trunc_normal_(self.linear.weight, std=std)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.bn(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        weight, bias = fold_batchnorm_before_linear(self.bn, self.linear)
+        fused = nn.Linear(
+            weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype
+        )
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+        return fused
+
+
+class RepDepthwiseConv(Fusable):
+    """The RepViT token mixer: a RepVGG-style multi-branch depthwise conv.
+
+    Training form (current, "v2"):  ``BN( BN(DWk(x)) + DW1(x) + x )`` where DW1 has a bias.
+    Training form (legacy, "v1"):   ``BN(DWk(x)) + BN(DW1(x)) + x`` with no BatchNorm after the sum.
+    Both fuse into one ``k x k`` depthwise conv with bias: the 1x1 kernel and the identity are
+    zero-padded to ``k x k`` and summed with the folded ``k x k`` kernel.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, legacy: bool = False):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.legacy = legacy
+        self.conv3x3 = ConvNorm(channels, channels, kernel_size, groups=channels)
+        if legacy:
+            self.conv1x1 = ConvNorm(channels, channels, 1, groups=channels)
+            self.bn = nn.Identity()
+        else:
+            self.conv1x1 = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
+            self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv3x3(x) + self.conv1x1(x) + x)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        main = self.conv3x3.conv
+        weight, bias = fold_batchnorm(main.weight, None, self.conv3x3.bn)
+        if self.legacy:
+            w1, b1 = fold_batchnorm(self.conv1x1.conv.weight, None, self.conv1x1.bn)
+        else:
+            w1, b1 = self.conv1x1.weight, self.conv1x1.bias
+        pad = main.kernel_size[0] // 2
+        identity = torch.zeros_like(weight)
+        identity[:, :, pad, pad] = 1.0  # depthwise: one input channel per output channel
+        weight = weight + F.pad(w1, [pad, pad, pad, pad]) + identity
+        bias = bias + b1
+        if not self.legacy:
+            weight, bias = fold_batchnorm(weight, bias, self.bn)
+        return _conv_like(main, weight, bias)
+
+
+class ChannelMixer(nn.Module):
+    """The FFN: 1x1 expand -> GELU -> 1x1 project. The last BN starts at zero so the residual
+    branch starts as identity (the paper's zero-init of the residual)."""
+
+    def __init__(self, channels: int, hidden: int, act_layer: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.expand = ConvNorm(channels, hidden, 1)
+        self.act = act_layer()
+        self.project = ConvNorm(hidden, channels, 1, bn_weight_init=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.act(self.expand(x)))
+
+
+class RepViTBlock(nn.Module):
+    """Token mixer (re-parameterisable DW conv) -> optional SE -> channel mixer with residual."""
+
+    def __init__(
+        self,
+        channels: int,
+        mlp_ratio: float = 2.0,
+        kernel_size: int = 3,
+        use_se: bool = False,
+        act_layer: type[nn.Module] = nn.GELU,
+        legacy: bool = False,
+    ):
+        super().__init__()
+        self.token_mixer = RepDepthwiseConv(channels, kernel_size, legacy)
+        self.se = SqueezeExcite(channels, rd_ratio=0.25) if use_se else nn.Identity()
+        self.channel_mixer = ChannelMixer(channels, int(channels * mlp_ratio), act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.se(self.token_mixer(x))
+        return x + self.channel_mixer(x)
+
+
+class Stem(nn.Module):
+    """Early-convolution stem: two stride-2 3x3 convs (output stride 4), GELU in between."""
+
+    stride = 4
+
+    def __init__(self, in_chs: int, out_chs: int, act_layer: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.conv1 = ConvNorm(in_chs, out_chs // 2, 3, stride=2)
+        self.act = act_layer()
+        self.conv2 = ConvNorm(out_chs // 2, out_chs, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))
+
+
+class Downsample(nn.Module):
+    """The paper's deeper, separate downsampling layer.
+
+    A RepViT block at the input width (no SE), a stride-2 depthwise conv, a 1x1 conv that changes
+    the width, and an FFN with residual at the output width.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        mlp_ratio: float = 2.0,
+        kernel_size: int = 3,
+        act_layer: type[nn.Module] = nn.GELU,
+        legacy: bool = False,
+    ):
+        super().__init__()
+        self.pre_block = RepViTBlock(in_chs, mlp_ratio, kernel_size, False, act_layer, legacy)
+        self.spatial = ConvNorm(in_chs, in_chs, kernel_size, stride=2, groups=in_chs)
+        self.channel = ConvNorm(in_chs, out_chs, 1)
+        self.ffn = ChannelMixer(out_chs, int(out_chs * mlp_ratio), act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.channel(self.spatial(self.pre_block(x)))
+        return x + self.ffn(x)
+
+
+class Stage(nn.Module):
+    """An optional downsampling layer followed by ``len(se_flags)`` RepViT blocks."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        se_flags: list[bool],
+        downsample: bool,
+        mlp_ratio: float = 2.0,
+        kernel_size: int = 3,
+        act_layer: type[nn.Module] = nn.GELU,
+        legacy: bool = False,
+    ):
+        super().__init__()
+        if downsample:
+            self.downsample = Downsample(in_chs, out_chs, mlp_ratio, kernel_size, act_layer, legacy)
+        elif in_chs != out_chs:
+            raise ValueError(f"a stage without downsampling keeps its width, got {in_chs}->{out_chs}")
+        else:
+            self.downsample = nn.Identity()
+        self.blocks = nn.Sequential(
+            *(RepViTBlock(out_chs, mlp_ratio, kernel_size, se, act_layer, legacy) for se in se_flags)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class ClassifierHead(Fusable):
+    """BN + Linear classifier, optionally with the DeiT-style distillation head.
+
+    Eval (and training unless ``distilled_training`` is set) returns the mean of both heads, as in
+    the paper; with ``distilled_training`` in train mode it returns ``(cls, dist)`` for the
+    distillation loss. Fuses to a single Linear holding the averaged heads.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, distillation: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.distillation = distillation
+        self.distilled_training = False
+        self.head = NormLinear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        if distillation:
+            self.head_dist = NormLinear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor):
+        if not self.distillation:
+            return self.head(x)
+        cls, dist = self.head(x), self.head_dist(x)
+        if self.training and self.distilled_training:
+            return cls, dist
+        return (cls + dist) / 2
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        if self.num_classes == 0:
+            return nn.Identity()
+        fused = self.head.fuse()
+        if self.distillation:
+            other = self.head_dist.fuse()
+            fused.weight.copy_((fused.weight + other.weight) / 2)
+            fused.bias.copy_((fused.bias + other.bias) / 2)
+        return fused

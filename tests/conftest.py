@@ -1,0 +1,48 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+# Under pytest-xdist each worker gets one core: avoid oversubscribing the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+TIMM_VARIANTS = ["repvit_m0_9", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "repvit_m2_3",
+                 "repvit_m1", "repvit_m2", "repvit_m3"]
+
+
+@torch.no_grad()
+def settle_batchnorm(model: nn.Module, img_size: int = 64, batches: int = 3, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters.
+
+    Linear weights get unit-scale logits. Affine parameters are randomised (including the zero-initialised residual BNs, so every branch
+    contributes), then a few train-mode batches set realistic running statistics. Returns the model
+    in eval mode.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):  # logits of magnitude ~1, not the tiny ones of a fresh head
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.6 + 0.4)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+            m.momentum = None  # cumulative average over the settling batches
+            m.reset_running_stats()
+    model.train()
+    for _ in range(batches):
+        model(torch.randn(4, 3, img_size, img_size, generator=gen))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.1
+    return model.eval()
+
+
+def scale_of(logits: torch.Tensor) -> float:
+    """The tolerance scale: 1e-4 is required "on logits of magnitude ~1"."""
+    return max(1.0, float(logits.abs().max()))
+
+
+@pytest.fixture
+def image_batch():
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
