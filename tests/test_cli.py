@@ -90,6 +90,21 @@ def test_predict_offline_without_weights(images, tmp_path, monkeypatch, capsys):
     assert "repvit_m0_9_distill_450e.pth" in err and "offline" in err and "pass its local path" in err
 
 
+def test_class_names_must_match_the_classes(tmp_path):
+    with pytest.raises(ValueError, match="2 names, the model has 3 classes"):
+        repvit.save_weights(repvit.create_model("repvit_m0_6", num_classes=3), tmp_path / "x.safetensors",
+                            class_names=["a", "b"])
+
+
+def test_predict_bad_device(images, imagenet_weights, monkeypatch, capsys):
+    args = ["predict", str(images / "img0.png"), "--weights", str(imagenet_weights), "--model", "repvit_m0_6"]
+    assert main(args + ["--device", "foo"]) == 2
+    assert "expected cpu, cuda or cuda:N" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the answer on a CPU-only machine
+    assert main(args + ["--device", "cuda"]) == 2
+    assert "CUDA is not available on this machine" in capsys.readouterr().err
+
+
 def test_bad_arguments(capsys):
     assert main(["predict", "x.png", "--model", "repvit_m9"]) == 2
     assert "unknown model 'repvit_m9'" in capsys.readouterr().err

@@ -109,6 +109,19 @@ def test_bad_input_is_a_clear_value_error(features_only):
         deployed(torch.randn(1, 3, 31, 31))
 
 
+def test_inapplicable_arguments_are_errors():
+    with pytest.raises(ValueError, match="do not apply to features_only"):
+        repvit.create_model("repvit_m0_9", features_only=True, num_classes=10)
+    with pytest.raises(ValueError, match="only with features_only"):
+        repvit.create_model("repvit_m0_9", out_indices=(1, 2))
+
+
+def test_reset_classifier_keeps_a_deployed_model_deployed(image_batch):
+    deployed = repvit.create_model("repvit_m0_6", deploy=True)
+    deployed.reset_classifier(4)
+    assert deployed.deployed and deployed(image_batch).shape == (2, 4)
+
+
 def test_in_chans():
     model = repvit.create_model("repvit_m0_6", in_chans=1, num_classes=2)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 2)

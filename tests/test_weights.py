@@ -16,6 +16,8 @@ import torch
 
 import repvit
 from repvit.weights import CheckpointError, cache_dir, get_weight_entry, read_checkpoint
+import timm
+
 from conftest import scale_of, settle_batchnorm
 from reference_official import M0_6_CFGS, M0_9_CFGS, OfficialRepViT
 
@@ -166,6 +168,59 @@ def test_distillation_mismatch(m09_file):
         repvit.load_weights(plain, path)
 
 
+def test_checkpoint_without_classifier(tmp_path):
+    torch.manual_seed(0)
+    backbone = settle_batchnorm(timm.create_model("repvit_m0_9", num_classes=0, pretrained=False))
+    path = tmp_path / "headless.pth"
+    torch.save(backbone.state_dict(), path)
+    model = repvit.create_model("repvit_m0_9", weights=path)  # num_classes follows the checkpoint: 0
+    assert model.num_classes == 0
+    with torch.no_grad():
+        assert _close(model(X), backbone(X))
+    with pytest.raises(CheckpointError, match="no classifier: use num_classes=0 or features_only=True"):
+        repvit.create_model("repvit_m0_9", weights=path, num_classes=1000)
+
+
+def test_missing_batch_counters_and_ema_only_files(m09_file, tmp_path):
+    _, model = m09_file
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    for layout, name in (({"model": state}, "no_counters.pth"), ({"model_ema": state}, "ema_only.pth")):
+        torch.save(layout, tmp_path / name)
+        with torch.no_grad():
+            assert torch.equal(repvit.create_model("repvit_m0_9", weights=tmp_path / name)(X), model.eval()(X))
+
+
+def test_incomplete_or_foreign_dicts_are_not_taken_for_deployed(m09_file, tmp_path):
+    _, model = m09_file
+    params_only = tmp_path / "params.pth"
+    torch.save(dict(model.named_parameters()), params_only)  # BatchNorm statistics missing
+    assert read_checkpoint(params_only).deployed is False
+    with pytest.raises(CheckpointError, match=r"'stem\.conv1\.bn\.running_mean' \(24,\) is missing"):
+        repvit.create_model("repvit_m0_9", weights=params_only)
+    foreign = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, foreign)
+    assert read_checkpoint(foreign).deployed is None
+    with pytest.raises(CheckpointError, match="looks like no registered RepViT variant.*not a RepViT layout"):
+        repvit.create_model("repvit_m0_9", weights=foreign)
+    odd = tmp_path / "odd_official.pth"
+    torch.save({"features.x.weight": torch.zeros(1)}, odd)
+    with pytest.raises(CheckpointError, match="unrecognised key 'features.x.weight'"):
+        read_checkpoint(odd)
+
+
+def test_legacy_checkpoint_of_a_v2_variant_is_recognised(tmp_path):
+    # paper-facts 8.1: some v2 runs were trained with the legacy token mixer
+    cfgs = [[3, 2, 56 * (c // 48), se, hs, st] for _, _, c, se, hs, st in M0_9_CFGS]  # M1.0 widths
+    reference = _official(cfgs, legacy=True)
+    path = tmp_path / "m1_0_legacy.pth"
+    torch.save({"model": reference.state_dict()}, path)
+    assert read_checkpoint(path).describe().startswith("repvit_m1_0 ")
+    with pytest.raises(CheckpointError, match="looks like repvit_m1_0 "):
+        repvit.create_model("repvit_m0_9", weights=path)
+    with torch.no_grad():
+        assert _close(repvit.create_model("repvit_m1_0", weights=path)(X), reference(X))
+
+
 def test_truncated_and_garbage_files(m09_file, tmp_path):
     path, model = m09_file
     pth = tmp_path / "full.pth"
@@ -236,19 +291,25 @@ def test_url_download_is_cached_and_checked(m09_file, tmp_path, monkeypatch):
     served.mkdir()
     (served / "m09.safetensors").write_bytes(path.read_bytes())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    other = repvit.create_model("repvit_m0_9", distillation=True)  # same file name, other weights
+    (served / "v2").mkdir()
+    repvit.save_weights(other, served / "v2" / "m09.safetensors")
     server = _Server(served)
     try:
         url = server.url + "m09.safetensors"
         first = repvit.create_model("repvit_m0_9", weights=url, sha256=digest)
         second = repvit.create_model("repvit_m0_9", weights=url)
         assert server.hits == 1  # downloaded once, then read from the torch hub cache
-        assert (cache_dir() / "m09.safetensors").is_file()
-        assert str(cache_dir()).startswith(str(tmp_path / "torch"))
+        cached = list(cache_dir().glob("*-m09.safetensors"))
+        assert len(cached) == 1 and str(cached[0]).startswith(str(tmp_path / "torch"))
         with torch.no_grad():
             assert torch.equal(first(X), second(X))
+            # another URL with the same file name is another cache entry, not a stale hit
+            third = repvit.create_model("repvit_m0_9", weights=server.url + "v2/m09.safetensors")
+            assert torch.equal(third(X), other.eval()(X))
         with pytest.raises(CheckpointError, match="sha256 of the downloaded file is .* expected 0000"):
             read_checkpoint(url, sha256="0000")
-        assert not (cache_dir() / "m09.safetensors").exists()  # a bad file does not stay cached
+        assert not cached[0].exists()  # a bad file does not stay cached
         with pytest.raises(CheckpointError, match="could not download .*missing.pth.*offline"):
             read_checkpoint(server.url + "missing.pth")
     finally:

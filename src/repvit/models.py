@@ -232,9 +232,12 @@ class RepViT(_Backbone):
     def reset_classifier(self, num_classes: int, distillation: bool | None = None) -> None:
         """Replace the classifier (fresh weights), e.g. for fine-tuning on another label set."""
         distillation = self.distillation if distillation is None else distillation
+        was_deployed = self.deployed
         self.num_classes = num_classes
         reference = next(self.parameters())  # keep the model's device and dtype
         self.head = ClassifierHead(self.num_features, num_classes, distillation).to(reference)
+        if was_deployed:  # keep a deployed model deployed
+            self.head = self.head.eval().fuse()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -319,7 +322,7 @@ def create_model(
     distillation: bool | None = None,
     weights=None,
     features_only: bool = False,
-    out_indices: tuple[int, ...] = (0, 1, 2, 3),
+    out_indices: tuple[int, ...] | None = None,
     deploy: bool | None = None,
     in_chans: int = 3,
     drop_rate: float = 0.0,
@@ -333,7 +336,8 @@ def create_model(
         distillation: add the distillation head; ``None`` means "as the checkpoint has" (else no).
         weights: a local checkpoint path, an ``https://`` URL or a registered weight name
             (see :func:`repvit.list_weights`). Official, timm and repvit checkpoints all load.
-        features_only: return a :class:`RepViTFeatures` backbone giving the ``out_indices`` stages.
+        features_only: return a :class:`RepViTFeatures` backbone giving the ``out_indices`` stages
+            (default all four).
         deploy: build the reparameterized (inference) structure; ``None`` means "as the checkpoint"
             (a reparameterized checkpoint gives a deployed model), else the training structure.
         sha256: expected checksum of a downloaded ``weights`` URL.
@@ -341,6 +345,10 @@ def create_model(
     Returns the model in eval mode when weights are loaded, else in train mode (like timm).
     """
     variant = get_variant(name)
+    if features_only and (num_classes is not None or distillation is not None):
+        raise ValueError("num_classes and distillation do not apply to features_only models")
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices applies only with features_only=True")
     checkpoint = None
     if weights is not None:
         from .weights import read_checkpoint  # weights imports this module
@@ -348,7 +356,7 @@ def create_model(
         checkpoint = read_checkpoint(weights, sha256=sha256)
         num_classes = checkpoint.num_classes if num_classes is None else num_classes
         distillation = checkpoint.distillation if distillation is None else distillation
-        deploy = checkpoint.deployed if deploy is None else deploy
+        deploy = bool(checkpoint.deployed) if deploy is None else deploy
     num_classes = 1000 if num_classes is None else num_classes
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
@@ -356,7 +364,8 @@ def create_model(
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
 
     if features_only:
-        model: nn.Module = RepViTFeatures(variant.spec, out_indices=out_indices, in_chans=in_chans, name=name)
+        model: nn.Module = RepViTFeatures(variant.spec, out_indices=(0, 1, 2, 3) if out_indices is None else out_indices,
+                                          in_chans=in_chans, name=name)
     else:
         model = RepViT(variant.spec, num_classes=num_classes, distillation=bool(distillation),
                        in_chans=in_chans, drop_rate=drop_rate, name=name)

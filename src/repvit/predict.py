@@ -20,6 +20,16 @@ class Prediction:
     classes: list[tuple[int, str, float]]  # (class index, class name, probability), best first
 
 
+def _check_device(device: str) -> torch.device:
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
 def predict(images, model: str = "repvit_m0_9", weights=None, topk: int = 5, img_size: int = 224,
             device: str = "cpu") -> list[Prediction]:
     """Top-k classes for each image, using the paper's eval transform and the fused model.
@@ -29,6 +39,7 @@ def predict(images, model: str = "repvit_m0_9", weights=None, topk: int = 5, img
     get_variant(model)
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    device = _check_device(device)
     pictures = [load_image(p) for p in images]  # fail on a bad file before loading any weights
     if weights is None:
         weights = default_weights(model)
@@ -37,7 +48,11 @@ def predict(images, model: str = "repvit_m0_9", weights=None, topk: int = 5, img
     checkpoint = read_checkpoint(weights)
     net = reparameterize(create_model(model, weights=checkpoint)).to(device)
     num_classes = net.num_classes
+    if num_classes == 0:
+        raise CheckpointError(f"{checkpoint.path}: has no classifier, so it cannot predict classes")
     names = checkpoint.class_names or (imagenet_class_names() if num_classes == 1000 else None)
+    if names is not None and len(names) != num_classes:
+        raise CheckpointError(f"{checkpoint.path}: stores {len(names)} class names for {num_classes} classes")
     names = names or [f"class {i}" for i in range(num_classes)]
     transform = eval_transform(img_size)
     batch = torch.stack([transform(p) for p in pictures]).to(device)

@@ -24,6 +24,7 @@ import re
 import sys
 import urllib.error
 import urllib.parse
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,8 +152,10 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download(url: str, sha256: str | None) -> Path:
+def _download(url: str, sha256: str | None, registered: bool = False) -> Path:
     filename = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
+    if not registered:  # different URLs often share a file name ("model.safetensors")
+        filename = f"{hashlib.sha256(url.encode()).hexdigest()[:10]}-{filename}"
     target = cache_dir() / filename
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +191,7 @@ def resolve_source(source, sha256: str | None = None) -> Path:
         return _download(text, sha256)
     if text in _WEIGHTS:
         entry = _WEIGHTS[text]
-        return _download(entry.url, sha256 or entry.sha256)
+        return _download(entry.url, sha256 or entry.sha256, registered=True)
     path = Path(text).expanduser()
     if path.is_file():
         if sha256 and _sha256_of(path) != sha256.lower():
@@ -247,15 +250,21 @@ def _read_file(path: Path) -> tuple[dict, dict]:
     if isinstance(obj, dict):
         if isinstance(obj.get("repvit_metadata"), dict):
             metadata = {k: str(v) for k, v in obj["repvit_metadata"].items()}
-        for key in ("model", "state_dict", "model_state_dict"):
+        # The raw weights first; EMA weights only when a file holds nothing else.
+        for key in ("model", "state_dict", "model_state_dict", "model_ema", "state_dict_ema"):
             if isinstance(obj.get(key), dict):
+                if key.endswith("ema"):
+                    log.info("%s: loading the EMA weights (%r), the only weights in the file", path, key)
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: expected a state dict (or a dict with a 'model' state dict), got {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: entry {bad[0]!r} is not a tensor; expected a state dict")
+        raise CheckpointError(
+            f"{path}: entry {bad[0]!r} is not a tensor; expected a state dict or a dict holding one under "
+            f"'model' or 'state_dict' (top-level keys: {', '.join(map(str, list(obj)[:8]))})"
+        )
     return obj, metadata
 
 
@@ -323,7 +332,13 @@ def _apply_table(sub: str, table, key: str) -> str:
     raise CheckpointError(f"unrecognised key {key!r} in an official RepViT checkpoint")
 
 
+_OFFICIAL_ROW = re.compile(r"features\.(\d+)\.(.+)")
+
+
 def _convert_official(state: dict) -> dict:
+    for key in state:
+        if key.startswith("features.") and not _OFFICIAL_ROW.fullmatch(key):
+            raise CheckpointError(f"unrecognised key {key!r} in an official RepViT checkpoint")
     rows = sorted({int(k.split(".")[1]) for k in state if k.startswith("features.")})
     strided = {r for r in rows if any(k.startswith(f"features.{r}.token_mixer.2.") for k in state)}
     prefixes, stage, block = {0: ("stem", None)}, 0, 0
@@ -339,7 +354,7 @@ def _convert_official(state: dict) -> dict:
     out = {}
     for key, value in state.items():
         if key.startswith("features."):
-            _, row, sub = key.split(".", 2)
+            row, sub = _OFFICIAL_ROW.fullmatch(key).groups()
             prefix, table = prefixes[int(row)]
             new = _apply_table(sub, _OFFICIAL_STEM, key) if prefix == "stem" else prefix + _apply_table(sub, table, key)
         elif key.startswith("classifier."):
@@ -402,8 +417,13 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)
 
     @property
-    def deployed(self) -> bool:
-        return not any(k.endswith("running_mean") for k in self.state_dict)
+    def deployed(self) -> bool | None:
+        """True for a reparameterized checkpoint, False for a training one, None if unrecognisable."""
+        if "stem.conv1.weight" in self.state_dict:
+            return True
+        if "stem.conv1.conv.weight" in self.state_dict:
+            return False
+        return None
 
     @property
     def distillation(self) -> bool:
@@ -414,11 +434,12 @@ class Checkpoint:
         return any(k.endswith("token_mixer.conv1x1.bn.weight") for k in self.state_dict)
 
     @property
-    def num_classes(self) -> int | None:
+    def num_classes(self) -> int:
+        """Classifier outputs; 0 for a checkpoint without a classifier (a backbone)."""
         for key in ("head.head.linear.weight", "head.weight"):
             if key in self.state_dict:
                 return int(self.state_dict[key].shape[0])
-        return None
+        return 0
 
     @property
     def class_names(self) -> list[str] | None:
@@ -427,16 +448,19 @@ class Checkpoint:
 
     def describe(self) -> str:
         """What the checkpoint looks like, e.g. "repvit_m0_9 (num_classes=1000, distillation)"."""
-        matches = _matching_variants(self.state_dict, self.deployed)
+        matches = _matching_variants(self.state_dict, bool(self.deployed), self.legacy)
         arch = " or ".join(matches) if matches else "no registered RepViT variant"
-        traits = [f"num_classes={self.num_classes}"] if self.num_classes is not None else ["no classifier"]
-        traits += ["distillation"] * self.distillation + ["reparameterized"] * self.deployed + ["legacy token mixer"] * self.legacy
+        traits = [f"num_classes={self.num_classes}"] if self.num_classes else ["no classifier"]
+        traits += ["distillation"] * self.distillation + ["reparameterized"] * bool(self.deployed)
+        traits += ["legacy token mixer"] * self.legacy
         return f"{arch} ({', '.join(traits)})"
 
 
 def read_checkpoint(source, sha256: str | None = None) -> Checkpoint:
     """Read ``source`` (path, URL, registered name, or an already-read :class:`Checkpoint`)."""
     if isinstance(source, Checkpoint):
+        if sha256:
+            raise ValueError("sha256 applies to a file or URL, not to an already-read Checkpoint")
         return source
     path = resolve_source(source, sha256)
     raw, metadata = _read_file(path)
@@ -445,10 +469,14 @@ def read_checkpoint(source, sha256: str | None = None) -> Checkpoint:
 
 
 @functools.lru_cache(maxsize=None)
-def _backbone_shapes(arch: str, deployed: bool) -> dict[str, tuple]:
-    """Key -> shape of a variant's backbone (no head), from a model built on the meta device."""
+def _backbone_shapes(arch: str, deployed: bool, legacy: bool) -> dict[str, tuple]:
+    """Key -> shape of a variant's backbone (no head), from a model built on the meta device.
+
+    ``legacy`` builds the variant with the v1 token mixer whatever its registered form, so that a
+    legacy-trained checkpoint of a v2 variant is still recognised.
+    """
     with torch.device("meta"):
-        model = RepViT(get_variant(arch).spec, num_classes=0)
+        model = RepViT(dataclasses.replace(get_variant(arch).spec, legacy=legacy), num_classes=0)
         if deployed:
             from .reparam import reparameterize
 
@@ -456,13 +484,26 @@ def _backbone_shapes(arch: str, deployed: bool) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("head.")}
 
 
-def _matching_variants(state: dict, deployed: bool) -> list[str]:
+def _matching_variants(state: dict, deployed: bool, legacy: bool) -> list[str]:
+    """Registered variants whose backbone has exactly the checkpoint's tensors (else: of which the
+    checkpoint is a truncated backbone). Variants in their registered form are tried first; a
+    legacy checkpoint is then compared with the v2 variants built with the legacy token mixer."""
     backbone = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("head.")}
-    exact = [a for a in list_models() if _backbone_shapes(a, deployed) == backbone]
-    if exact:
-        return exact
-    # A truncated backbone (e.g. a features_only checkpoint): variants it is a prefix of.
-    return [a for a in list_models() if backbone and all(_backbone_shapes(a, deployed).get(k) == s for k, s in backbone.items())]
+    v1 = [a for a in list_models() if get_variant(a).spec.legacy]
+    v2 = [a for a in list_models() if a not in v1]
+    if deployed:  # both token-mixer forms fuse to the same structure
+        groups = [(v2, False)]
+    elif legacy:
+        groups = [(v1, True), (v2, True)]
+    else:
+        groups = [(v2, False)]
+    for names, as_legacy in groups:
+        shapes = {a: _backbone_shapes(a, deployed, as_legacy) for a in names}
+        found = [a for a in names if shapes[a] == backbone]
+        found = found or [a for a in names if backbone and all(shapes[a].get(k) == s for k, s in backbone.items())]
+        if found:
+            return found
+    return []
 
 
 def _model_summary(model: nn.Module) -> str:
@@ -476,6 +517,12 @@ def _model_summary(model: nn.Module) -> str:
     return f"{model.name} ({', '.join(traits)})"
 
 
+def _fill_batch_counters(expected: dict, state: dict) -> dict:
+    """BatchNorm's ``num_batches_tracked`` is not needed for inference; many exports drop it."""
+    missing = [k for k in expected if k.endswith("num_batches_tracked") and k not in state]
+    return {**state, **{k: torch.zeros_like(expected[k]) for k in missing}} if missing else state
+
+
 def _first_mismatch(expected: dict, state: dict) -> str | None:
     for key, tensor in expected.items():
         if key not in state:
@@ -486,6 +533,12 @@ def _first_mismatch(expected: dict, state: dict) -> str | None:
     if extra:
         return f"the checkpoint has tensor {extra[0]!r} {tuple(state[extra[0]].shape)}, which the model does not"
     return None
+
+
+def _stage_index(key: str) -> int:
+    """The stage a backbone key belongs to (-1 for the stem and anything outside the stages)."""
+    match = re.match(r"stages\.(\d+)\.", key)
+    return int(match.group(1)) if match else -1
 
 
 def _training_twin(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
@@ -508,7 +561,7 @@ def load_weights(model: nn.Module, source, *, sha256: str | None = None) -> Chec
         raise TypeError(f"load_weights expects a RepViT model from repvit.create_model, got {type(model).__name__}")
     checkpoint = read_checkpoint(source, sha256)
     state = checkpoint.state_dict
-    if model.deployed and not checkpoint.deployed:
+    if model.deployed and checkpoint.deployed is False:
         twin = _training_twin(model, checkpoint)
         load_weights(twin, checkpoint)
         from .reparam import reparameterize
@@ -520,17 +573,21 @@ def load_weights(model: nn.Module, source, *, sha256: str | None = None) -> Chec
         log.info("%s: converted the legacy (v1) token mixer to the current form (exact in eval mode)", checkpoint.path)
     expected = model.state_dict()
     if isinstance(model, RepViTFeatures):  # a backbone takes what it needs from a classifier checkpoint
-        state = {k: v for k, v in state.items() if not k.startswith("head.") and (not k.startswith("stages.") or int(k.split(".")[1]) < len(model.stages))}
+        state = {k: v for k, v in state.items() if not k.startswith("head.") and _stage_index(k) < len(model.stages)}
+    state = _fill_batch_counters(expected, state)
 
     problem = _first_mismatch(expected, state)
     if problem:
         hints = []
-        if checkpoint.deployed and not model.deployed:
+        if checkpoint.deployed is None:
+            hints.append("its keys are not a RepViT layout this package knows (official, timm or repvit)")
+        elif checkpoint.deployed and not model.deployed:
             hints.append("the checkpoint is reparameterized: build the model with deploy=True")
         elif isinstance(model, RepViT) and checkpoint.distillation != model.distillation and not model.deployed:
             hints.append(f"build the model with distillation={checkpoint.distillation}")
-        if isinstance(model, RepViT) and checkpoint.num_classes not in (None, model.num_classes):
-            hints.append(f"the checkpoint has {checkpoint.num_classes} classes")
+        if isinstance(model, RepViT) and checkpoint.num_classes != model.num_classes:
+            hints.append(f"the checkpoint has {checkpoint.num_classes} classes" if checkpoint.num_classes else
+                         "the checkpoint has no classifier: use num_classes=0 or features_only=True")
         hint = f" Hint: {'; '.join(hints)}." if hints else ""
         raise CheckpointError(
             f"{checkpoint.path}: does not fit {_model_summary(model)}: {problem}. "
@@ -554,6 +611,8 @@ def save_weights(model: nn.Module, path, *, class_names: list[str] | None = None
         "deployed": str(bool(getattr(model, "deployed", False))),
     }
     if class_names is not None:
+        if len(class_names) != getattr(model, "num_classes", len(class_names)):
+            raise ValueError(f"class_names has {len(class_names)} names, the model has {model.num_classes} classes")
         info["class_names"] = json.dumps(list(class_names))
     info.update({k: str(v) for k, v in (metadata or {}).items()})
     # Contiguous clones: safetensors refuses shared or strided storage.
