@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from repvit import bench as bench_mod
-from repvit.bench import plot_pareto, resolve_models, run_bench, run_throughput
+from repvit.bench import BenchReport, plot_pareto, resolve_models, run_bench, run_throughput
 
 pytestmark = pytest.mark.bench
 
@@ -54,6 +54,10 @@ def test_bench_two_models_two_runtimes(tmp_path):
     report.to_json(tmp_path / "b.json")
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["rows"] == json.loads(json.dumps(report.rows))
+    assert BenchReport.from_json(tmp_path / "b.json").rows == data["rows"]
+    markdown = report.to_markdown()
+    assert "| model | params M | GMACs | eager ms | onnxruntime ms |" in markdown
+    assert markdown.count("| repvit_m0_6") == 2 and "74.1 (dist)" in markdown  # deployed and @train lines
     report.to_csv(tmp_path / "b.csv")
     assert (tmp_path / "b.csv").read_text().splitlines()[0].startswith("model,family,structure,runtime")
     png = plot_pareto(report, tmp_path / "pareto.png")

@@ -239,8 +239,45 @@ class BenchReport:
             writer.writeheader()
             writer.writerows(self.rows)
 
+    @classmethod
+    def from_json(cls, path) -> "BenchReport":
+        data = json.loads(Path(path).read_text())
+        return cls(data["env"], data["rows"])
+
+    def to_markdown(self) -> str:
+        """One line per model, median latency per runtime side by side, sorted by the last runtime."""
+        runtimes = list(dict.fromkeys(r["runtime"] for r in self.rows))
+        models = list(dict.fromkeys(r["model"] for r in self.rows))
+        cells = {(r["model"], r["runtime"]): r for r in self.rows}
+
+        def latency(model, runtime):
+            row = cells.get((model, runtime))
+            if row is None:
+                return "-"
+            return f"{row['median_ms']:.2f}" if row["status"] == "ok" else row["status"]
+
+        def sort_key(model):
+            row = cells.get((model, runtimes[-1]))
+            return (row is None or row["status"] != "ok", row["median_ms"] if row and row["median_ms"] else 0)
+
+        head = ["model", "params M", "GMACs"] + [f"{r} ms" for r in runtimes] + ["published top-1 %", "published iPhone 12 ms"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for model in sorted(models, key=sort_key):
+            any_row = next(r for r in self.rows if r["model"] == model)
+            top1 = any_row["published_top1"]
+            lines.append("| " + " | ".join(
+                [model, _fmt(any_row["params_m"], ".2f"), _fmt(any_row["gmacs"], ".3f")]
+                + [latency(model, r) for r in runtimes]
+                + [_fmt(top1, ".1f") + (f" ({any_row['published_recipe']})" if top1 and any_row["published_recipe"] else ""),
+                   _fmt(any_row["published_iphone12_ms"], ".1f")]) + " |")
+        return "\n".join(lines) + "\n"
+
     def row(self, model: str, runtime: str) -> dict | None:
         return next((r for r in self.rows if r["model"] == model and r["runtime"] == runtime), None)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _row(target: BenchTarget, runtime: str, common: dict) -> dict:
@@ -429,7 +466,8 @@ def plot_pareto(report: BenchReport, path) -> Path:
     fig, axes = plt.subplots(1, len(runtimes), figsize=(6.5 * len(runtimes), 5), squeeze=False)
     for ax, runtime in zip(axes[0], runtimes):
         points = [r for r in report.rows if r["runtime"] == runtime and r["status"] == "ok"
-                  and r["published_top1"] is not None and r["structure"] == "deployed"]
+                  and r["published_top1"] is not None and r["structure"] == "deployed"
+                  and not r["model"].startswith("timm:repvit")]  # the parity twin of ours, not a peer
         ours = sorted((r for r in points if r["family"] == "repvit"), key=lambda r: r["median_ms"])
         v2 = [r for r in ours if get_variant(r["model"]).version == "v2"]
         v1 = [r for r in ours if r not in v2]

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -144,6 +145,8 @@ def cmd_bench(args) -> int:
         report.to_json(args.json)
     if args.csv:
         report.to_csv(sys.stdout if args.csv == "-" else args.csv)
+    if args.markdown:
+        Path(args.markdown).write_text(report.to_markdown())
     env = report.env
     title = (f"{env['cpu']} ({env['cpu_count']} cores), batch {env['batch']}, {env['img_size']}px, "
              f"{env['threads']} thread(s); torch {env['versions'].get('torch')}, onnxruntime "
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the environment and every row as JSON")
     p.add_argument("--csv", nargs="?", const="-", metavar="PATH", help="write the rows as CSV (stdout without PATH)")
     p.add_argument("--plot", metavar="PNG", help="Pareto plot: measured latency vs published top-1")
+    p.add_argument("--markdown", metavar="PATH", help="write a markdown table, runtimes side by side")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
     return parser
