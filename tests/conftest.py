@@ -46,3 +46,29 @@ def scale_of(logits: torch.Tensor) -> float:
 @pytest.fixture
 def image_batch():
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    """scikit-learn's digits as an ImageFolder tree (32 px), written once per test process."""
+    from repvit.data import make_digits_image_folder
+
+    return make_digits_image_folder(tmp_path_factory.mktemp("digits"))
+
+
+def make_image_tree(root, classes=("cat", "dog", "owl"), per_class=6, splits=("train", "val"), size=40):
+    """A small ImageFolder tree of coloured noise, one colour per class (learnable, tiny)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.zeros((size, size, 3)) + 60
+                base[..., c % 3] = 200
+                pixels = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from dataclasses import fields
+
 from . import __version__
 from .complexity import model_stats
-from .models import get_variant, list_models
+from .models import create_model, get_variant, list_models
 from .published import published
 from .weights import default_weights, list_weights
 
@@ -26,6 +30,11 @@ EXAMPLES = """examples:
   repvit bench --models repvit_m0_9,timm:repvit_m0_9,mobilenetv3_large_100 --runtimes eager,executorch
   repvit bench --models repvit --train-structure --runtimes eager --json train_vs_deployed.json
   repvit bench --device cuda --batch 256 --amp        GPU throughput (images/s)
+  repvit quickstart                  train on the embedded digits, reparameterize, export, report
+  repvit train --data /data/imagenet --model repvit_m0_9          the paper's recipe (8 GPUs: torchrun)
+  repvit train --data ./flowers --config digits --img-size 128 --distillation none --finetune repvit_m0_9.dist_450e
+  repvit train --resume runs/train/checkpoint-last.pth            continue an interrupted run
+  repvit val --model repvit_m0_9 --weights runs/train/checkpoint-best.pth --data ./flowers
 """
 
 
@@ -174,6 +183,98 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .engine import recipe_from_checkpoint, train
+    from .recipe import TrainRecipe, load_recipe
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainRecipe) if hasattr(args, f.name)}
+    if args.config is None and overrides.get("resume") not in (None, "auto"):
+        # resuming with few options: the checkpoint's recipe, updated by what was given here
+        recipe = load_recipe(None, **{**recipe_from_checkpoint(overrides["resume"]), **overrides})
+    else:
+        recipe = load_recipe(args.config, **overrides)
+    result = train(recipe)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary line
+        return 0
+    print(f"best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}; checkpoints in {result.output} "
+          f"(checkpoint-last.pth, checkpoint-best.pth, model-best-deployed.safetensors)")
+    return 0
+
+
+def cmd_val(args) -> int:
+    from .data import check_image_folder
+    from .engine import build_eval_loader, evaluate_pair, setup_process
+    from .reparam import reparameterize
+    from .weights import read_checkpoint
+
+    root = Path(args.data)
+    folder = root / "val" if (root / "val").is_dir() else root
+    classes = check_image_folder(folder.parent, splits=(folder.name,))
+    checkpoint = read_checkpoint(args.weights)
+    model = create_model(args.model, weights=checkpoint)
+    if getattr(model, "num_classes", len(classes)) != len(classes):
+        raise ValueError(f"{folder}: {len(classes)} class folders, the checkpoint has {model.num_classes} classes")
+    if checkpoint.class_names and checkpoint.class_names != classes:
+        raise ValueError(f"{folder}: class folders {classes[:3]}... differ from the checkpoint's classes "
+                         f"{checkpoint.class_names[:3]}...")
+    ctx = setup_process(args.device)
+    loader = build_eval_loader(folder, args.img_size, args.crop_pct, args.batch_size, args.workers, ctx)
+    result = evaluate_pair(model, reparameterize(model), loader, ctx.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    table = Table(title=f"{args.model} on {folder} ({result['n']} images, resize {args.img_size / args.crop_pct:.0f}, "
+                        f"crop {args.img_size})")
+    for column in ("structure", "top-1 %", "top-5 %"):
+        table.add_column(column, justify="left" if column == "structure" else "right")
+    for name in ("train", "deployed"):
+        label = "training" if name == "train" else "reparameterized"
+        table.add_row(label, f"{result[name]['top1']:.2f}", f"{result[name]['top5']:.2f}")
+    _console().print(table)
+    print(f"predictions agree on {result['prediction_agreement']:.2f}% of the images; "
+          f"largest logit difference {result['max_abs_logit_diff']:.1e}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from .quickstart import run_quickstart
+
+    summary = run_quickstart(model=args.model, epochs=args.epochs, output=args.out,
+                             formats=[f for f in args.formats.split(",") if f])
+    print(f"\nval top-1: training structure {summary['train_structure']['top1']:.2f}%, reparameterized "
+          f"{summary['deployed']['top1']:.2f}% ({summary['prediction_agreement']:.2f}% identical predictions)")
+    for fmt, r in summary["runtimes"].items():
+        if r["status"] == "ok":
+            print(f"{fmt}: val top-1 {r['top1']:.2f}% in the runtime, {r['agreement']:.2f}% agreement with PyTorch")
+        else:
+            print(f"{fmt}: {r['status']}: {r['detail']}")
+    print(f"report: {Path(args.out) / 'report.md'} ({summary['total_seconds']:.0f} s in total)")
+    return 0
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per recipe field, grouped, documented from the recipe itself."""
+    import typing
+
+    from .recipe import TrainRecipe
+
+    parser.add_argument("--config", default=None, metavar="YAML|NAME",
+                        help="recipe file, or a packaged recipe: imagenet (the default values), digits")
+    groups = {}
+    hints = typing.get_type_hints(TrainRecipe)
+    for f in fields(TrainRecipe):
+        group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
+        if hints[f.name] is bool:
+            group.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(hints[f.name]) is tuple:
+            group.add_argument(f"--{f.name.replace('_', '-')}", nargs=2, metavar=("LOW", "HIGH"), **kwargs)
+        else:
+            group.add_argument(f"--{f.name.replace('_', '-')}", metavar=f.name.upper(),
+                               choices=f.metadata.get("choices"), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="repvit", description="RepViT models: build, reparameterize, load weights, predict.",
@@ -241,14 +342,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="PATH", help="write a markdown table, runtimes side by side")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
+
+    p = commands.add_parser("train", help="train or fine-tune on an ImageFolder dataset (torchrun for several GPUs)",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_recipe_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("val", help="top-1/top-5 of the training and the reparameterized structure",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", required=True, metavar="SRC", help="checkpoint path, URL or registered name")
+    p.add_argument("--data", required=True, metavar="PATH", help="folder with val/<class>/... (or the class folders)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--crop-pct", type=float, default=0.875, help="resize to img-size / crop-pct, then center-crop")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_val)
+
+    p = commands.add_parser("quickstart", help="the demo: train on the embedded digits, reparameterize, export, report",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="repvit_m0_9")
+    p.add_argument("--epochs", type=int, default=None, help="default: the digits recipe's (12)")
+    p.add_argument("--out", default="runs/quickstart", metavar="DIR")
+    p.add_argument("--formats", default="onnx,executorch", help="export formats to check (comma-separated; empty: none)")
+    p.set_defaults(func=cmd_quickstart)
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be swapped, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _log_to_stderr() -> None:
-    """This package's INFO messages (downloads, conversions) on stderr; other libraries stay at WARNING."""
+    """This package's INFO messages (progress, downloads) on stderr; other libraries stay at WARNING."""
     logger = logging.getLogger("repvit")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -259,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     try:
         return args.func(args)
-    except (ValueError, OSError) as err:  # user-facing problems: one line, no stack trace
+    except (ValueError, OSError, FloatingPointError) as err:  # user-facing problems: one line, no stack trace
         print(f"repvit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,4 @@
-"""Images and preprocessing: the paper's evaluation transform, ImageNet-1k class names."""
+"""Images, datasets and preprocessing: the paper's transforms, ImageFolder checks, the digits."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo, create_transform
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-__all__ = ["EVAL_CROP_PCT", "eval_transform", "imagenet_class_names", "load_image"]
+__all__ = ["EVAL_CROP_PCT", "eval_transform", "imagenet_class_names", "load_image", "DatasetError",
+           "check_image_folder", "SkippingImageFolder", "collate_skipping", "train_transform",
+           "make_digits_image_folder"]
 
 #: The paper's evaluation crop: resize the shorter side to 256 (bicubic), center-crop 224.
 #: (timm's pretrained cfg for these models uses 0.95 instead.)
@@ -47,3 +51,147 @@ def load_image(path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{path}: not a readable image ({reason})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageFolder datasets for training and evaluation
+# ----------------------------------------------------------------------------------------------
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used, with what was expected."""
+
+
+def _class_folders(split: Path) -> dict[str, int]:
+    """Class folder name -> number of image files in it."""
+    counts = {}
+    for d in sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        counts[d.name] = sum(1 for f in d.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
+    return counts
+
+
+def check_image_folder(root, splits=("train", "val")) -> list[str]:
+    """Check an ImageFolder tree (``root/<split>/<class>/<image>``); return the class names.
+
+    Raises :class:`DatasetError` with a one-line explanation for a missing or empty tree, a class
+    folder without images, or class folders that differ between the splits.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"--data {root}: no such directory")
+    found = {}
+    for split in splits:
+        folder = root / split
+        if not folder.is_dir():
+            raise DatasetError(f"--data {root}: expected a '{split}' folder with one sub-folder per class "
+                               f"({root}/{split}/<class>/<image>)")
+        counts = _class_folders(folder)
+        if not counts:
+            raise DatasetError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
+        empty = [c for c, n in counts.items() if n == 0]
+        if empty:
+            raise DatasetError(f"{folder}/{empty[0]}: no images (extensions {', '.join(IMG_EXTENSIONS)})"
+                               + (f"; {len(empty) - 1} more empty class folders" if len(empty) > 1 else ""))
+        found[split] = list(counts)
+    first, *others = splits
+    for split in others:
+        if found[split] != found[first]:
+            only_a = sorted(set(found[first]) - set(found[split]))
+            only_b = sorted(set(found[split]) - set(found[first]))
+            raise DatasetError(f"--data {root}: class folders differ between {first}/ and {split}/ "
+                               f"(only in {first}: {only_a[:5] or '-'}; only in {split}: {only_b[:5] or '-'})")
+    return found[first]
+
+
+class SkippingImageFolder(ImageFolder):
+    """ImageFolder whose unreadable images become ``(None, target, path)`` instead of an exception,
+    so that a corrupt file costs one sample, not the epoch. See :func:`collate_skipping`."""
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        try:
+            image = default_loader(path)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+            return None, target, path
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, target, None
+
+
+def collate_skipping(batch):
+    """Stack the readable samples; return ``(images | None, targets | None, unreadable_paths)``."""
+    import torch
+
+    good = [(image, target) for image, target, _ in batch if image is not None]
+    bad = [path for image, _, path in batch if image is None]
+    if not good:
+        return None, None, bad
+    return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), bad
+
+
+def _posterize_zero_bits_compat() -> None:
+    """timm's RandAugment asks Posterize for 0 bits at the top magnitudes (timm 1.0.31); Pillow 13
+    raises on that ("bits must be between or equal to 1 and 8") where older Pillow returned a
+    black image. Restore the old result so an epoch cannot crash on one unlucky draw."""
+    from timm.data import auto_augment
+
+    original = auto_augment.posterize
+    if getattr(original, "repvit_compat", False):
+        return
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size)  # what keeping 0 bits means: every channel 0
+        return original(img, bits_to_keep, **kwargs)
+
+    posterize.repvit_compat = True
+    for name, op in list(auto_augment.NAME_TO_OP.items()):
+        if op is original:
+            auto_augment.NAME_TO_OP[name] = posterize
+    auto_augment.posterize = posterize
+
+
+def train_transform(recipe):
+    """The training augmentation of a :class:`~repvit.recipe.TrainRecipe`, from timm."""
+    if recipe.auto_augment:
+        _posterize_zero_bits_compat()
+    return create_transform(
+        input_size=(3, recipe.img_size, recipe.img_size), is_training=True, scale=recipe.scale,
+        ratio=recipe.ratio, hflip=recipe.hflip, color_jitter=recipe.color_jitter,
+        auto_augment=recipe.auto_augment, interpolation=recipe.interpolation, re_prob=recipe.reprob,
+        re_mode=recipe.remode, re_count=recipe.recount, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The embedded dataset of the quickstart
+# ----------------------------------------------------------------------------------------------
+
+
+def make_digits_image_folder(root, img_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Path:
+    """Write scikit-learn's 1797 handwritten digits (8x8, 10 classes) as an ImageFolder tree.
+
+    Images are upscaled to ``img_size`` (bicubic) as RGB PNGs; the split is a fixed, stratified
+    ``val_fraction`` per class. Idempotent: an existing complete tree is reused.
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text() == f"{img_size},{val_fraction},{seed}":
+        return root
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    for label in range(10):
+        indices = np.flatnonzero(digits.target == label)
+        rng.shuffle(indices)
+        n_val = int(round(len(indices) * val_fraction))
+        for split, chosen in (("val", indices[:n_val]), ("train", indices[n_val:])):
+            folder = root / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in chosen:
+                pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+                image = Image.fromarray(pixels, mode="L").resize((img_size, img_size), Image.BICUBIC)
+                image.convert("RGB").save(folder / f"{i:04d}.png")
+    marker.write_text(f"{img_size},{val_fraction},{seed}")
+    return root

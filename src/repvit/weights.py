@@ -549,19 +549,22 @@ def _training_twin(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
                   in_chans=model.in_chans, name=model.name)
 
 
-def load_weights(model: nn.Module, source, *, sha256: str | None = None) -> Checkpoint:
+def load_weights(model: nn.Module, source, *, sha256: str | None = None, ignore_head: bool = False) -> Checkpoint:
     """Load ``source`` into ``model`` (strictly: every tensor, or a clear error).
 
     ``source``: local path, ``https://`` URL, registered weight name or a :class:`Checkpoint`.
     Training checkpoints also load into reparameterized models (loaded unfused, then fused), a
     legacy (v1) token mixer converts exactly into the current form, and feature backbones ignore
-    the classifier. Returns the :class:`Checkpoint` that was loaded.
+    the classifier. ``ignore_head`` loads everything but the classifier (which keeps its current
+    weights), for fine-tuning on other classes. Returns the :class:`Checkpoint` that was loaded.
     """
     if not isinstance(model, (RepViT, RepViTFeatures)):
         raise TypeError(f"load_weights expects a RepViT model from repvit.create_model, got {type(model).__name__}")
     checkpoint = read_checkpoint(source, sha256)
     state = checkpoint.state_dict
     if model.deployed and checkpoint.deployed is False:
+        if ignore_head:
+            raise CheckpointError("ignore_head applies to training-structure models; reparameterize after loading")
         twin = _training_twin(model, checkpoint)
         load_weights(twin, checkpoint)
         from .reparam import reparameterize
@@ -574,6 +577,9 @@ def load_weights(model: nn.Module, source, *, sha256: str | None = None) -> Chec
     expected = model.state_dict()
     if isinstance(model, RepViTFeatures):  # a backbone takes what it needs from a classifier checkpoint
         state = {k: v for k, v in state.items() if not k.startswith("head.") and _stage_index(k) < len(model.stages)}
+    if ignore_head:
+        expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
     state = _fill_batch_counters(expected, state)
 
     problem = _first_mismatch(expected, state)
@@ -593,7 +599,8 @@ def load_weights(model: nn.Module, source, *, sha256: str | None = None) -> Chec
             f"{checkpoint.path}: does not fit {_model_summary(model)}: {problem}. "
             f"The checkpoint looks like {checkpoint.describe()}.{hint}"
         )
-    model.load_state_dict(state, strict=True)
+    missing, _ = model.load_state_dict(state, strict=not ignore_head)
+    assert all(k.startswith("head.") for k in missing)  # everything else was checked above
     return checkpoint
 
 

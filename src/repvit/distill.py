@@ -1,0 +1,87 @@
+"""DeiT-style knowledge distillation, as RepViT is trained: a frozen teacher supervises the
+student's distillation head.
+
+* ``hard``: ``(1 - alpha) * base(cls, targets) + alpha * CE(dist, argmax teacher)`` (the paper's
+  setting, alpha 0.5, with a RegNetY-16GF teacher);
+* ``soft``: the second term is ``tau^2 * KL(softmax(teacher / tau) || softmax(dist / tau))``;
+* ``none``: the base criterion only.
+
+The teacher sees the same (augmented, mixed) images as the student, runs under ``no_grad`` in eval
+mode and is never wrapped in DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DistillationLoss", "build_teacher"]
+
+
+class DistillationLoss(nn.Module):
+    def __init__(self, base_criterion: nn.Module, teacher: nn.Module | None, mode: str = "hard",
+                 alpha: float = 0.5, tau: float = 1.0):
+        super().__init__()
+        if mode not in ("none", "soft", "hard"):
+            raise ValueError(f"distillation must be none, soft or hard, got {mode!r}")
+        if mode != "none" and teacher is None:
+            raise ValueError(f"{mode} distillation needs a teacher")
+        self.base, self.teacher, self.mode, self.alpha, self.tau = base_criterion, teacher, mode, alpha, tau
+
+    def forward(self, inputs: torch.Tensor, outputs, targets: torch.Tensor) -> torch.Tensor:
+        """``outputs`` is the student's ``(cls, dist)`` pair, or plain logits when mode is none."""
+        if self.mode == "none":
+            if isinstance(outputs, tuple):
+                raise ValueError("the student returned two heads but distillation is none")
+            return self.base(outputs, targets)
+        if not isinstance(outputs, tuple):
+            raise ValueError("distillation needs the student's (cls, dist) outputs: build it with "
+                             "distillation=True and call set_distilled_training(True)")
+        cls, dist = outputs
+        with torch.no_grad():
+            teacher_logits = self.teacher(inputs).float()
+        if teacher_logits.shape[-1] != dist.shape[-1]:
+            raise ValueError(f"the teacher predicts {teacher_logits.shape[-1]} classes, the student {dist.shape[-1]}")
+        if self.mode == "hard":
+            distill = F.cross_entropy(dist.float(), teacher_logits.argmax(dim=-1))
+        else:
+            t = self.tau
+            distill = F.kl_div(F.log_softmax(dist.float() / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                               reduction="batchmean", log_target=True) * (t * t)
+        return (1 - self.alpha) * self.base(cls, targets) + self.alpha * distill
+
+
+def build_teacher(name: str, weights, num_classes: int, device) -> nn.Module:
+    """A frozen, eval-mode teacher: a repvit model, or any timm model with a checkpoint."""
+    from .models import list_models
+
+    if weights is None:
+        raise ValueError("distillation needs teacher weights: pass --teacher-weights (an untrained teacher "
+                         "teaches nothing), or --distillation none")
+    if name in list_models():
+        from .models import create_model
+
+        teacher = create_model(name, weights=weights, deploy=True)
+    else:
+        import timm
+
+        from .weights import resolve_source
+
+        if name not in timm.list_models():
+            raise ValueError(f"--teacher {name!r}: not a repvit or timm model")
+        path = resolve_source(weights)
+        # The checkpoint decides the class count; a mismatch with the data is reported below.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+        head = [v for k, v in state.items() if k.endswith(".weight") and v.dim() == 2]
+        teacher = timm.create_model(name, pretrained=False, num_classes=head[-1].shape[0] if head else num_classes)
+        teacher.load_state_dict(state)
+    teacher = teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    out_classes = getattr(teacher, "num_classes", None)
+    if out_classes is not None and out_classes != num_classes:
+        raise ValueError(f"the teacher {name} predicts {out_classes} classes but the data has {num_classes}: use a "
+                         f"teacher trained on these classes, or --distillation none")
+    return teacher

@@ -1,0 +1,555 @@
+"""The training engine: one loop for ``repvit train``, ``repvit quickstart`` and torchrun.
+
+Reads top to bottom: process setup -> data -> model (scratch, fine-tune or resume) -> optimizer,
+schedule, EMA, AMP, DDP -> the epoch loop (train, evaluate, log, checkpoint). timm provides the
+augmentation, mixup, losses, optimizer, scheduler, EMA and gradient clipping; distillation is ours
+(:mod:`repvit.distill`).
+
+Exact resume: every epoch re-seeds all random generators from (seed, epoch, rank) and the sampler
+from (seed, epoch), so an interrupted and resumed run replays the same batches and augmentations
+as an uninterrupted one (the RNG states are also stored in the checkpoint, for inspection).
+Checkpoints are written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from .data import SkippingImageFolder, check_image_folder, collate_skipping, eval_transform, train_transform
+from .recipe import TrainRecipe
+
+__all__ = ["train", "evaluate", "evaluate_pair", "TrainResult", "ProcessContext", "setup_process",
+           "build_eval_loader", "recipe_from_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes and devices
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProcessContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    started_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_process(device: str = "auto") -> ProcessContext:
+    """Pick the device; join the process group when launched by torchrun (RANK/WORLD_SIZE set)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    ctx = ProcessContext(device=dev)
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        ctx.rank, ctx.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        ctx.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if dev.type == "cuda":
+            ctx.device = torch.device("cuda", ctx.local_rank)
+            torch.cuda.set_device(ctx.device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+            ctx.started_group = True
+    return ctx
+
+
+def _all_reduce_sum(values: list[float], ctx: ProcessContext) -> list[float]:
+    if not ctx.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """All generators from (seed, epoch, rank): the replay that makes resume exact."""
+    value = (seed * 1_000_003 + epoch * 10_007 + rank * 101) % 2**31
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # DataLoader seeds torch and random in each worker; timm's transforms also draw from numpy.
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+class ShardSampler(Sampler):
+    """Evaluation sharding without padding: rank r takes samples r, r+W, r+2W, ... (exact metrics)."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def build_eval_loader(folder, img_size: int, crop_pct: float, batch_size: int, workers: int,
+                      ctx: ProcessContext | None = None) -> DataLoader:
+    ctx = ctx or ProcessContext()
+    dataset = SkippingImageFolder(str(folder), transform=eval_transform(img_size, crop_pct))
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                      num_workers=workers, collate_fn=collate_skipping, pin_memory=ctx.device.type == "cuda",
+                      worker_init_fn=_seed_worker)
+
+
+def _build_train_loader(recipe: TrainRecipe, root: Path, ctx: ProcessContext):
+    dataset = SkippingImageFolder(str(root / "train"), transform=train_transform(recipe))
+    if recipe.repeated_aug:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        sampler = RepeatAugSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=recipe.seed, drop_last=True)
+    if len(sampler) < recipe.batch_size:
+        raise ValueError(f"{root / 'train'}: {len(sampler)} images per process is fewer than one batch of "
+                         f"{recipe.batch_size}; lower --batch-size")
+    loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler, num_workers=recipe.workers,
+                        collate_fn=collate_skipping, pin_memory=ctx.device.type == "cuda", drop_last=True,
+                        worker_init_fn=_seed_worker)
+    return loader, sampler
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, ctx: ProcessContext | None = None,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict:
+    """Top-1/top-5 (%) and cross-entropy over the loader, summed over all processes."""
+    ctx = ctx or ProcessContext()
+    model.eval()
+    totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, top-1 hits, top-5 hits, samples
+    skipped = 0
+    for images, targets, bad in loader:
+        skipped += len(bad)
+        if images is None:
+            continue
+        images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images).float()
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        hits = top == targets[:, None]
+        totals[0] += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        totals[1] += float(hits[:, 0].sum())
+        totals[2] += float(hits.any(dim=-1).sum())
+        totals[3] += len(targets)
+    loss, top1, top5, n = _all_reduce_sum(totals, ctx)
+    (skipped,) = _all_reduce_sum([float(skipped)], ctx)
+    if n == 0:
+        raise ValueError("no readable evaluation images")
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "n": int(n), "skipped": int(skipped)}
+
+
+@torch.no_grad()
+def evaluate_pair(model: nn.Module, deployed: nn.Module, loader: DataLoader, device=None) -> dict:
+    """Top-1/top-5 of the training structure and its reparameterized copy on the same batches,
+    with how often their predictions agree and their largest logit difference."""
+    device = torch.device(device or "cpu")
+    model.eval().to(device)
+    deployed.eval().to(device)
+    hits = {"train": [0, 0], "deployed": [0, 0]}
+    agree, n, max_diff = 0, 0, 0.0
+    for images, targets, _ in loader:
+        if images is None:
+            continue
+        images, targets = images.to(device), targets.to(device)
+        outputs = {"train": model(images).float(), "deployed": deployed(images).float()}
+        for name, logits in outputs.items():
+            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == targets[:, None]
+            hits[name][0] += int(top[:, 0].sum())
+            hits[name][1] += int(top.any(dim=-1).sum())
+        agree += int((outputs["train"].argmax(-1) == outputs["deployed"].argmax(-1)).sum())
+        max_diff = max(max_diff, float((outputs["train"] - outputs["deployed"]).abs().max()))
+        n += len(targets)
+    if n == 0:
+        raise ValueError("no readable evaluation images")
+    result = {name: {"top1": 100 * h[0] / n, "top5": 100 * h[1] / n} for name, h in hits.items()}
+    return {**result, "n": n, "prediction_agreement": 100 * agree / n, "max_abs_logit_diff": max_diff}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def read_training_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--resume {path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"--resume {path}: not a readable training checkpoint ({str(err).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != "repvit-train":
+        raise ValueError(f"--resume {path}: not a repvit training checkpoint (those are written by repvit train)")
+    return state
+
+
+def recipe_from_checkpoint(path) -> dict:
+    """The recipe a training checkpoint was made with (to resume it with few or no options)."""
+    return dict(read_training_checkpoint(path)["recipe"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    best_top1: float
+    best_epoch: int
+    last_epoch: int
+    history: list[dict]
+    class_names: list[str]
+    checkpoint_last: Path
+    checkpoint_best: Path
+    deployed_best: Path
+
+
+def _amp_dtype(recipe: TrainRecipe, device: torch.device) -> torch.dtype | None:
+    amp = recipe.amp
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "off"
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _criterion(recipe: TrainRecipe, teacher):
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    from .distill import DistillationLoss
+
+    if recipe.mixup_active:
+        base = SoftTargetCrossEntropy()  # label smoothing is folded into the mixed targets
+    elif recipe.smoothing > 0:
+        base = LabelSmoothingCrossEntropy(smoothing=recipe.smoothing)
+    else:
+        base = nn.CrossEntropyLoss()
+    return DistillationLoss(base, teacher, recipe.distillation, recipe.distillation_alpha, recipe.distillation_tau)
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                    disable=not (enabled and Console().is_terminal), transient=True)
+
+
+def train(recipe: TrainRecipe) -> TrainResult:
+    """Train (or fine-tune, or resume) as ``recipe`` says; see the module docstring."""
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3, dispatch_clip_grad
+
+    from .models import create_model
+    from .reparam import reparameterize
+    from .weights import load_weights, read_checkpoint, save_weights
+
+    recipe = recipe.validate()
+    if recipe.data is None:
+        raise ValueError("--data is required: an ImageFolder root with train/ and val/ (or run repvit quickstart)")
+    ctx = setup_process(recipe.device)
+    try:
+        # ---- data
+        root = Path(recipe.data)
+        class_names = check_image_folder(root)
+        num_classes = recipe.num_classes or len(class_names)
+        if num_classes != len(class_names):
+            raise ValueError(f"--num-classes {num_classes} does not match the {len(class_names)} class folders in {root}")
+        train_loader, sampler = _build_train_loader(recipe, root, ctx)
+        val_loader = build_eval_loader(root / "val", recipe.img_size, recipe.crop_pct, recipe.batch_size,
+                                       recipe.workers, ctx)
+        global_batch = recipe.batch_size * ctx.world_size
+        lr = recipe.lr if recipe.lr is not None else recipe.base_lr * global_batch / 512
+
+        # ---- model: from scratch, fine-tuned from a checkpoint, or resumed below
+        torch.manual_seed(recipe.seed)  # identical initial weights on every process
+        distill = recipe.distillation != "none"
+        model = create_model(recipe.model, num_classes=num_classes, distillation=distill, drop_rate=recipe.drop_rate)
+        if recipe.finetune and not recipe.resume:
+            source = read_checkpoint(recipe.finetune)
+            same_head = source.num_classes == num_classes and source.distillation == distill
+            load_weights(model, source, ignore_head=not same_head)
+            if not same_head and ctx.is_main:
+                log.info("fine-tuning from %s: dropped its classifier (%d classes%s); the new %d-class "
+                         "classifier starts from scratch", source.path, source.num_classes,
+                         ", distillation head" * source.distillation, num_classes)
+        if distill:
+            model.set_distilled_training(True)
+        model.to(ctx.device)
+        if recipe.channels_last:
+            model.to(memory_format=torch.channels_last)
+        raw_model = model  # what is saved and averaged: never the DDP or compiled wrapper
+        teacher = None
+        if distill:
+            from .distill import build_teacher
+
+            teacher = build_teacher(recipe.teacher, recipe.teacher_weights, num_classes, ctx.device)
+
+        # ---- optimisation
+        optimizer = create_optimizer_v2(raw_model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay,
+                                        eps=recipe.opt_eps)
+        updates_per_epoch = len(train_loader)
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
+            warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, step_on_epochs=not recipe.sched_on_updates,
+            updates_per_epoch=updates_per_epoch,
+        )
+        amp_dtype = _amp_dtype(recipe, ctx.device)
+        scaler = torch.amp.GradScaler(ctx.device.type) if amp_dtype == torch.float16 else None
+        ema = ModelEmaV3(raw_model, decay=recipe.model_ema_decay) if recipe.model_ema else None
+        clip_params = [p for n, p in raw_model.named_parameters()
+                       if not (recipe.clip_mode == "agc" and n.startswith("head."))]  # AGC skips the classifier
+        mixup = None
+        if recipe.mixup_active:
+            mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
+                          switch_prob=recipe.mixup_switch_prob, mode=recipe.mixup_mode,
+                          label_smoothing=recipe.smoothing, num_classes=num_classes)
+        criterion = _criterion(recipe, teacher)
+
+        # ---- resume
+        output = Path(recipe.output)
+        start_epoch, best, history = 0, {"top1": -1.0, "epoch": -1}, []
+        resume_path = output / "checkpoint-last.pth" if recipe.resume == "auto" else recipe.resume
+        if resume_path and (recipe.resume != "auto" or Path(resume_path).is_file()):
+            state = read_training_checkpoint(resume_path)
+            for key in ("model", "num_classes"):
+                if state[key] != {"model": recipe.model, "num_classes": num_classes}[key]:
+                    raise ValueError(f"--resume {resume_path}: the checkpoint is for {key}={state[key]!r}, this run "
+                                     f"has {recipe.model if key == 'model' else num_classes!r}")
+            raw_model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if ema is not None and state.get("ema") is not None:
+                ema.module.load_state_dict(state["ema"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_epoch, best, history = state["epoch"] + 1, state["best"], list(state["history"])
+            if ctx.is_main:
+                log.info("resumed %s at epoch %d (best top-1 %.2f at epoch %d)", resume_path, start_epoch,
+                         best["top1"], best["epoch"])
+
+        # ---- wrappers
+        if recipe.sync_bn and ctx.distributed:
+            if ctx.device.type != "cuda":
+                raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            raw_model = model
+        if recipe.compile:
+            model = torch.compile(model)
+        if ctx.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+
+        if ctx.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+            recipe.save(output / "recipe.yaml")
+            if start_epoch == 0:
+                (output / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+            log.info("training %s on %s: %d classes, %d train images, %d val images, %d process(es) x batch %d, "
+                     "lr %.2e, %s", recipe.model, root, num_classes, len(train_loader.dataset),
+                     len(val_loader.dataset), ctx.world_size, recipe.batch_size, lr,
+                     f"{ctx.device}" + (f", amp {amp_dtype}" if amp_dtype else ""))
+        writer = _tensorboard(output) if ctx.is_main else None
+
+        # ---- the loop
+        last_path, best_path, deployed_path = output / "checkpoint-last.pth", output / "checkpoint-best.pth", \
+            output / "model-best-deployed.safetensors"
+        epochs_run, epoch = 0, start_epoch - 1
+        unreadable: set[str] = set()
+        for epoch in range(start_epoch, recipe.epochs):
+            _seed_epoch(recipe.seed, epoch, ctx.rank)
+            sampler.set_epoch(epoch)
+            scheduler.step(epoch)  # learning rate of this epoch (per-update mode: its first update)
+            scheduler.step_update(epoch * updates_per_epoch)
+            model.train()
+            if recipe.freeze_bn:
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()  # normalise with the running statistics and leave them unchanged
+            loss_sum, seen, start = 0.0, 0, time.perf_counter()
+            with _progress(ctx.is_main) as bar:
+                task = bar.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=updates_per_epoch, info="")
+                for step, (images, targets, bad) in enumerate(train_loader):
+                    unreadable.update(bad)
+                    if images is not None and mixup is not None and len(images) % 2:
+                        images, targets = images[:-1], targets[:-1]  # mixup pairs images: keep it even
+                    if images is None or len(images) == 0:
+                        bar.advance(task)
+                        continue
+                    images = images.to(ctx.device, non_blocking=True)
+                    targets = targets.to(ctx.device, non_blocking=True)
+                    if recipe.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    if mixup is not None:
+                        images, targets = mixup(images, targets)
+                    with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        outputs = model(images)
+                        loss = criterion(images, outputs, targets)
+                    if not math.isfinite(loss.item()):
+                        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
+                                                 "lower the learning rate, or try --amp off")
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    if recipe.clip_grad is not None:
+                        dispatch_clip_grad(clip_params, recipe.clip_grad, mode=recipe.clip_mode)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    scheduler.step_update(epoch * updates_per_epoch + step + 1)
+                    if ema is not None:
+                        ema.update(raw_model, step=epoch * updates_per_epoch + step + 1)
+                    loss_sum += loss.item() * len(images)
+                    seen += len(images)
+                    elapsed = time.perf_counter() - start
+                    bar.update(task, advance=1, info=f"{seen * ctx.world_size / elapsed:.0f} img/s  "
+                               f"loss {loss_sum / seen:.4f}  lr {optimizer.param_groups[0]['lr']:.2e}")
+            train_time = time.perf_counter() - start
+            loss_sum, seen = _all_reduce_sum([loss_sum, float(seen)], ctx)
+            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                      "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_time,
+                      "train_seconds": train_time, "unreadable_train_images": len(unreadable)}
+
+            last = epoch + 1 == recipe.epochs
+            if (epoch + 1) % recipe.eval_every == 0 or last:
+                metrics = evaluate(model, val_loader, ctx, amp_dtype, recipe.channels_last)
+                record.update({f"val_{k}": v for k, v in metrics.items() if k != "skipped"},
+                              unreadable_val_images=metrics["skipped"])
+                if ema is not None and recipe.ema_eval:
+                    ema_metrics = evaluate(ema.module, val_loader, ctx, amp_dtype, recipe.channels_last)
+                    record.update(ema_val_top1=ema_metrics["top1"], ema_val_top5=ema_metrics["top5"])
+                is_best = metrics["top1"] > best["top1"]
+                if is_best:
+                    best = {"top1": metrics["top1"], "epoch": epoch + 1}
+            else:
+                is_best = False
+            history.append(record)
+
+            if ctx.is_main:
+                _log_epoch(record, best, recipe.epochs, output, writer, unreadable)
+                state = {
+                    "format": "repvit-train", "epoch": epoch, "model": recipe.model, "num_classes": num_classes,
+                    "distillation": distill, "class_names": class_names, "recipe": recipe.to_dict(),
+                    "state_dict": raw_model.state_dict(), "ema": ema.module.state_dict() if ema else None,
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler else None, "best": best, "history": history,
+                    "rng": _rng_state(),
+                    # lets read_checkpoint/load_weights/predict use this file directly
+                    "repvit_metadata": {"model": recipe.model, "class_names": json.dumps(class_names)},
+                }
+                _atomic_save(state, last_path)
+                if is_best:
+                    _atomic_save(state, best_path)
+                    save_weights(reparameterize(raw_model), deployed_path, class_names=class_names,
+                                 metadata={"epoch": epoch + 1, "val_top1": best["top1"]})
+            epochs_run += 1
+            if recipe.stop_after_epochs and epochs_run >= recipe.stop_after_epochs and not last:
+                if ctx.is_main:
+                    log.info("stopped after %d epoch(s) as asked; continue with --resume %s", epochs_run, last_path)
+                break
+        if writer is not None:
+            writer.close()
+        if ctx.distributed:
+            dist.barrier()
+        return TrainResult(output, best["top1"], best["epoch"], epoch + 1, history, class_names,
+                           last_path, best_path, deployed_path)
+    finally:
+        if ctx.started_group:
+            dist.destroy_process_group()
+
+
+def _tensorboard(output: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: pip install tensorboard
+        return None
+    return SummaryWriter(str(output / "tensorboard"))
+
+
+def _log_epoch(record: dict, best: dict, epochs: int, output: Path, writer, unreadable: set) -> None:
+    with open(output / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train_loss']:.4f}", f"lr {record['lr']:.2e}",
+             f"{record['images_per_s']:.0f} img/s"]
+    if "val_top1" in record:
+        parts += [f"val top-1 {record['val_top1']:.2f}", f"top-5 {record['val_top5']:.2f}",
+                  f"(best {best['top1']:.2f} @ {best['epoch']})"]
+    if "ema_val_top1" in record:
+        parts.append(f"EMA top-1 {record['ema_val_top1']:.2f}")
+    if unreadable:
+        parts.append(f"{len(unreadable)} unreadable image(s) skipped, e.g. {sorted(unreadable)[0]}")
+    log.info("  ".join(parts))
+    if writer is not None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, record["epoch"])

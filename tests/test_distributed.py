@@ -1,0 +1,51 @@
+"""The same `repvit train` command under torchrun: 2 CPU processes (gloo) vs one process with the
+same global batch. With frozen BatchNorm the two runs compute the same gradients, so their weights
+and (distributed) evaluation must agree to float precision; with ordinary per-process BatchNorm
+(the paper's setting) batch statistics differ, so only the outcome is compared."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.distributed
+
+COMMON = ["--config", "digits", "--model", "repvit_m0_6", "--scale", "1", "1", "--ratio", "1", "1",
+          "--smoothing", "0", "--warmup-epochs", "0", "--seed", "0"]
+
+
+def _run(args, output, processes: int):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
+        if processes > 1 else [sys.executable]
+    proc = subprocess.run(launcher + ["-m", "repvit", "train", *args, "--output", str(output)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best val top-1") == 1  # one summary, from rank 0
+    return torch.load(output / "checkpoint-last.pth", weights_only=True)
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(digits_root, tmp_path):
+    args = COMMON + ["--data", str(digits_root), "--epochs", "1", "--lr", "1e-3", "--freeze-bn"]
+    ddp = _run(args + ["--batch-size", "32"], tmp_path / "ddp", processes=2)
+    single = _run(args + ["--batch-size", "64"], tmp_path / "single", processes=1)
+    assert ddp["recipe"]["batch_size"] == 32
+    diff = sum(float((v - single["state_dict"][k]).pow(2).sum()) for k, v in ddp["state_dict"].items()
+               if v.dtype.is_floating_point)
+    scale = sum(float(v.pow(2).sum()) for v in single["state_dict"].values() if v.dtype.is_floating_point)
+    assert (diff / scale) ** 0.5 < 1e-5
+    a, b = ddp["history"][0], single["history"][0]
+    assert a["val_n"] == b["val_n"] == 359  # sharded evaluation covers every image exactly once
+    assert a["val_top1"] == b["val_top1"] and abs(a["val_loss"] - b["val_loss"]) < 1e-4
+    assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
+
+
+def test_per_process_batchnorm_matches_within_tolerance(digits_root, tmp_path):
+    args = COMMON + ["--data", str(digits_root), "--epochs", "2", "--lr", "2e-3"]
+    ddp = _run(args + ["--batch-size", "32"], tmp_path / "ddp", processes=2)
+    single = _run(args + ["--batch-size", "64"], tmp_path / "single", processes=1)
+    a, b = ddp["history"][-1], single["history"][-1]
+    assert a["val_top1"] > 80 and b["val_top1"] > 80
+    assert abs(a["val_top1"] - b["val_top1"]) < 3
