@@ -192,3 +192,10 @@ def test_randaugment_at_full_magnitude_survives_pillow():
     torch.manual_seed(0)
     for _ in range(200):
         assert transform(image).shape == (3, 32, 32)
+
+
+def test_bf16_and_channels_last(digits_root, tmp_path):
+    result = train(_recipe(digits_root, tmp_path, config="digits", epochs=1, amp="bf16", channels_last=True))
+    assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+    model = repvit.create_model("repvit_m0_6", weights=result.checkpoint_last)  # saved in float32, plain layout
+    assert model.stem.conv1.conv.weight.dtype == torch.float32

@@ -10,13 +10,13 @@ with ``report.md`` and a plot of the training curves.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .bench import machine_info
 from .data import make_digits_image_folder
 from .engine import build_eval_loader, evaluate_pair, train
 from .export import export, load_executorch, load_onnx
@@ -100,7 +100,7 @@ def run_quickstart(model: str = "repvit_m0_9", epochs: int | None = None, output
         "train_structure": pair["train"], "deployed": pair["deployed"], "val_images": pair["n"],
         "prediction_agreement": pair["prediction_agreement"], "max_abs_logit_diff": pair["max_abs_logit_diff"],
         "runtimes": runtimes, "history": result.history, "total_seconds": time.perf_counter() - start,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{machine_info()['cpu']}, {torch.get_num_threads()} threads",
         "checkpoint": str(result.checkpoint_best), "deployed_weights": str(result.deployed_best),
     }
     _plot(result.history, output / "curves.png")
