@@ -21,7 +21,7 @@ def _run(args, output, processes: int):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
         if processes > 1 else [sys.executable]
     proc = subprocess.run(launcher + ["-m", "repvit", "train", *args, "--output", str(output)],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("best val top-1") == 1  # one summary, from rank 0
     return torch.load(output / "checkpoint-last.pth", weights_only=True)
@@ -49,3 +49,23 @@ def test_per_process_batchnorm_matches_within_tolerance(digits_root, tmp_path):
     a, b = ddp["history"][-1], single["history"][-1]
     assert a["val_top1"] > 80 and b["val_top1"] > 80
     assert abs(a["val_top1"] - b["val_top1"]) < 3
+
+
+def test_a_batch_of_unreadable_images_on_one_process_does_not_hang(tmp_path):
+    # Corrupt exactly the images rank 0 draws first: it has nothing to train on in that step, the
+    # other rank does; both must skip the step together instead of waiting for each other forever.
+    from torch.utils.data import DistributedSampler
+
+    from conftest import make_image_tree
+    from repvit.data import SkippingImageFolder
+
+    root = make_image_tree(tmp_path / "data", per_class=8)
+    dataset = SkippingImageFolder(str(root / "train"))
+    sampler = DistributedSampler(dataset, num_replicas=2, rank=0, shuffle=True, seed=0, drop_last=True)
+    sampler.set_epoch(0)
+    for index in list(sampler)[:4]:
+        with open(dataset.samples[index][0], "wb") as f:
+            f.write(b"broken")
+    ckpt = _run(["--config", "digits", "--model", "repvit_m0_6", "--data", str(root), "--epochs", "1",
+                 "--batch-size", "4"], tmp_path / "ddp", processes=2)
+    assert ckpt["history"][0]["unreadable_train_images"] == 4

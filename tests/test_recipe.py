@@ -50,6 +50,9 @@ def test_precedence_and_saving(tmp_path):
     ({"img_size": 16}, "img_size must be >= 32"),
     ({"scale": [0.1]}, "scale: expected tuple"),
     ({"warmup_epochs": 10, "epochs": 5}, "warmup_epochs"),
+    ({"distillation_tau": 0}, "distillation_tau must be > 0"),
+    ({"batch_size": 1}, "batch_size must be >= 2"),
+    ({"batch_size": 33}, "batch_size must be even with mixup"),
 ])
 def test_bad_values_are_one_line_errors(overrides, message):
     with pytest.raises(RecipeError, match=message):

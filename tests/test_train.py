@@ -116,11 +116,83 @@ def test_resume_is_exact(digits_root, tmp_path):
 def test_resume_from_the_command_line_with_only_the_checkpoint(digits_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--config", "digits", "--model", "repvit_m0_6", "--data", str(digits_root), "--output",
-                 str(out), "--epochs", "2", "--stop-after-epochs", "1"]) == 0
-    assert main(["train", "--resume", str(out / "checkpoint-last.pth")]) == 0  # the recipe comes from the checkpoint
+                 str(out), "--epochs", "3", "--stop-after-epochs", "1"]) == 0
+    # the recipe comes from the checkpoint, without its --stop-after-epochs: the run finishes
+    assert main(["train", "--resume", str(out / "checkpoint-last.pth")]) == 0
     assert "best val top-1" in capsys.readouterr().out
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     assert main(["train", "--resume", str(tmp_path / "nope.pth")]) == 2
+
+
+def test_resume_auto_reads_the_checkpoint_recipe_and_may_extend_the_schedule(digits_root, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--config", "digits", "--model", "repvit_m0_6", "--data", str(digits_root), "--output",
+                 str(out), "--epochs", "2", "--warmup-epochs", "0"]) == 0
+    # no --config: the digits recipe of the checkpoint, not the ImageNet defaults (which need a teacher)
+    assert main(["train", "--resume", "auto", "--output", str(out), "--epochs", "4"]) == 0
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    # the cosine schedule follows the new length: epoch 3 of 4 is not at the minimum yet
+    assert history[2]["lr"] > 10 * 1e-5
+
+
+def test_resume_refuses_another_structure(digits_root, tmp_path):
+    train(_recipe(digits_root, tmp_path, config="digits", epochs=2, stop_after_epochs=1))
+    teacher = repvit.save_weights(repvit.create_model("repvit_m0_6", num_classes=10), tmp_path / "t.safetensors")
+    with pytest.raises(ValueError, match="the checkpoint has distillation=False, this run True"):
+        train(_recipe(digits_root, tmp_path, config="digits", epochs=2, resume="auto", distillation="hard",
+                      teacher="repvit_m0_6", teacher_weights=str(teacher)))
+
+
+def test_finetune_with_resume_auto_on_a_fresh_run(digits_root, tmp_path):
+    torch.manual_seed(3)
+    source = repvit.create_model("repvit_m0_6", num_classes=10)
+    path = repvit.save_weights(source, tmp_path / "src.safetensors")
+    result = train(_recipe(digits_root, tmp_path / "run", config="digits", epochs=1, lr=1e-12, min_lr=0.0,
+                           warmup_lr=1e-12, finetune=str(path), resume="auto"))
+    tuned = torch.load(result.checkpoint_last, weights_only=True)["state_dict"]
+    assert torch.allclose(tuned["stem.conv1.conv.weight"], source.state_dict()["stem.conv1.conv.weight"], atol=1e-6)
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    root = make_image_tree(tmp_path / "data", per_class=6)
+    for split in ("train", "val"):
+        hidden = root / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        (root / split / "cat" / "0.png").replace(hidden / "0.png")
+    result = train(_recipe(root, tmp_path / "run", config="digits", epochs=1, batch_size=4))
+    assert result.class_names == ["cat", "dog", "owl"] and result.history[0]["val_n"] == 17
+
+
+def test_teacher_from_a_timm_training_checkpoint(tmp_path):
+    import argparse
+
+    import timm
+
+    from repvit.distill import build_teacher
+
+    source = timm.create_model("regnety_002", num_classes=10)
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": {"module." + k: v for k, v in source.state_dict().items()},
+                "args": argparse.Namespace(lr=0.1)}, path)
+    teacher = build_teacher("regnety_002", str(path), 10, torch.device("cpu"))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), source.eval()(x))
+    with pytest.raises(ValueError, match="predicts 10 classes but the data has 5"):
+        build_teacher("regnety_002", str(path), 5, torch.device("cpu"))
+    with pytest.raises(ValueError, match="does not fit timm's regnety_004"):
+        build_teacher("regnety_004", str(path), 10, torch.device("cpu"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x02junk")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        build_teacher("regnety_002", str(junk), 10, torch.device("cpu"))
+
+
+def test_unknown_augmentation_policy(digits_root, tmp_path):
+    with pytest.raises(ValueError, match="--auto-augment 'bogus': not a timm augmentation policy"):
+        train(_recipe(digits_root, tmp_path, config="digits", epochs=1, auto_augment="bogus"))
 
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path):

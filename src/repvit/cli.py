@@ -188,9 +188,13 @@ def cmd_train(args) -> int:
     from .recipe import TrainRecipe, load_recipe
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainRecipe) if hasattr(args, f.name)}
-    if args.config is None and overrides.get("resume") not in (None, "auto"):
+    resume = overrides.get("resume")
+    if resume == "auto":
+        resume = Path(overrides.get("output", TrainRecipe.output)) / "checkpoint-last.pth"
+        resume = resume if resume.is_file() else None  # a first run with --resume auto starts fresh
+    if args.config is None and resume is not None:
         # resuming with few options: the checkpoint's recipe, updated by what was given here
-        recipe = load_recipe(None, **{**recipe_from_checkpoint(overrides["resume"]), **overrides})
+        recipe = load_recipe(None, **{**recipe_from_checkpoint(resume), **overrides})
     else:
         recipe = load_recipe(args.config, **overrides)
     result = train(recipe)
@@ -203,7 +207,7 @@ def cmd_train(args) -> int:
 
 def cmd_val(args) -> int:
     from .data import check_image_folder
-    from .engine import build_eval_loader, evaluate_pair, setup_process
+    from .engine import build_eval_loader, evaluate_pair, resolve_device
     from .reparam import reparameterize
     from .weights import read_checkpoint
 
@@ -217,9 +221,9 @@ def cmd_val(args) -> int:
     if checkpoint.class_names and checkpoint.class_names != classes:
         raise ValueError(f"{folder}: class folders {classes[:3]}... differ from the checkpoint's classes "
                          f"{checkpoint.class_names[:3]}...")
-    ctx = setup_process(args.device)
-    loader = build_eval_loader(folder, args.img_size, args.crop_pct, args.batch_size, args.workers, ctx)
-    result = evaluate_pair(model, reparameterize(model), loader, ctx.device)
+    device = resolve_device(args.device)  # one process evaluates every image (no torchrun sharding here)
+    loader = build_eval_loader(folder, args.img_size, args.crop_pct, args.batch_size, args.workers)
+    result = evaluate_pair(model, reparameterize(model), loader, device)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

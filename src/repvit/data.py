@@ -61,12 +61,13 @@ class DatasetError(ValueError):
     """A dataset folder that cannot be used, with what was expected."""
 
 
-def _class_folders(split: Path) -> dict[str, int]:
-    """Class folder name -> number of image files in it."""
-    counts = {}
-    for d in sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        counts[d.name] = sum(1 for f in d.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
-    return counts
+def _class_dirs(split: Path) -> list[Path]:
+    """The class folders of a split, sorted; hidden ones (.ipynb_checkpoints, .cache) are not classes."""
+    return sorted(p for p in Path(split).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _has_image(folder: Path) -> bool:
+    return any(f.suffix.lower() in IMG_EXTENSIONS for f in folder.rglob("*"))  # stops at the first
 
 
 def check_image_folder(root, splits=("train", "val")) -> list[str]:
@@ -84,14 +85,14 @@ def check_image_folder(root, splits=("train", "val")) -> list[str]:
         if not folder.is_dir():
             raise DatasetError(f"--data {root}: expected a '{split}' folder with one sub-folder per class "
                                f"({root}/{split}/<class>/<image>)")
-        counts = _class_folders(folder)
-        if not counts:
+        classes = _class_dirs(folder)
+        if not classes:
             raise DatasetError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
-        empty = [c for c, n in counts.items() if n == 0]
+        empty = [d.name for d in classes if not _has_image(d)]
         if empty:
             raise DatasetError(f"{folder}/{empty[0]}: no images (extensions {', '.join(IMG_EXTENSIONS)})"
                                + (f"; {len(empty) - 1} more empty class folders" if len(empty) > 1 else ""))
-        found[split] = list(counts)
+        found[split] = [d.name for d in classes]
     first, *others = splits
     for split in others:
         if found[split] != found[first]:
@@ -104,7 +105,12 @@ def check_image_folder(root, splits=("train", "val")) -> list[str]:
 
 class SkippingImageFolder(ImageFolder):
     """ImageFolder whose unreadable images become ``(None, target, path)`` instead of an exception,
-    so that a corrupt file costs one sample, not the epoch. See :func:`collate_skipping`."""
+    so that a corrupt file costs one sample, not the epoch. See :func:`collate_skipping`.
+    Hidden folders are not classes (the same rule as :func:`check_image_folder`)."""
+
+    def find_classes(self, directory):
+        classes = [d.name for d in _class_dirs(Path(directory))]
+        return classes, {name: i for i, name in enumerate(classes)}
 
     def __getitem__(self, index):
         path, target = self.samples[index]
@@ -154,12 +160,16 @@ def train_transform(recipe):
     """The training augmentation of a :class:`~repvit.recipe.TrainRecipe`, from timm."""
     if recipe.auto_augment:
         _posterize_zero_bits_compat()
-    return create_transform(
-        input_size=(3, recipe.img_size, recipe.img_size), is_training=True, scale=recipe.scale,
-        ratio=recipe.ratio, hflip=recipe.hflip, color_jitter=recipe.color_jitter,
-        auto_augment=recipe.auto_augment, interpolation=recipe.interpolation, re_prob=recipe.reprob,
-        re_mode=recipe.remode, re_count=recipe.recount, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-    )
+    try:
+        return create_transform(
+            input_size=(3, recipe.img_size, recipe.img_size), is_training=True, scale=recipe.scale,
+            ratio=recipe.ratio, hflip=recipe.hflip, color_jitter=recipe.color_jitter,
+            auto_augment=recipe.auto_augment, interpolation=recipe.interpolation, re_prob=recipe.reprob,
+            re_mode=recipe.remode, re_count=recipe.recount, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        )
+    except (AssertionError, KeyError, ValueError) as err:  # timm asserts on unknown policies
+        raise ValueError(f"--auto-augment {recipe.auto_augment!r}: not a timm augmentation policy such as "
+                         f"rand-m9-mstd0.5-inc1 ({err or type(err).__name__})") from None
 
 
 # ----------------------------------------------------------------------------------------------

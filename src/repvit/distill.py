@@ -66,17 +66,21 @@ def build_teacher(name: str, weights, num_classes: int, device) -> nn.Module:
     else:
         import timm
 
-        from .weights import resolve_source
+        from .weights import read_state_dict
 
         if name not in timm.list_models():
             raise ValueError(f"--teacher {name!r}: not a repvit or timm model")
-        path = resolve_source(weights)
-        # The checkpoint decides the class count; a mismatch with the data is reported below.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
-        head = [v for k, v in state.items() if k.endswith(".weight") and v.dim() == 2]
-        teacher = timm.create_model(name, pretrained=False, num_classes=head[-1].shape[0] if head else num_classes)
-        teacher.load_state_dict(state)
+        state = read_state_dict(weights)
+        # the checkpoint decides the class count (a mismatch with the data is reported below)
+        classifier = timm.create_model(name, pretrained=False, num_classes=0).pretrained_cfg.get("classifier", "")
+        key = f"{classifier[0] if isinstance(classifier, (list, tuple)) else classifier}.weight"
+        classes = int(state[key].shape[0]) if key in state else num_classes
+        teacher = timm.create_model(name, pretrained=False, num_classes=classes)
+        try:
+            teacher.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0][:200]
+            raise ValueError(f"--teacher-weights {weights}: does not fit timm's {name} ({first})") from None
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -30,9 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .data import SkippingImageFolder, check_image_folder, collate_skipping, eval_transform, train_transform
-from .recipe import TrainRecipe
+from .recipe import PER_RUN_KEYS, TrainRecipe
 
-__all__ = ["train", "evaluate", "evaluate_pair", "TrainResult", "ProcessContext", "setup_process",
+__all__ = ["train", "evaluate", "evaluate_pair", "TrainResult", "ProcessContext", "setup_process", "resolve_device",
            "build_eval_loader", "recipe_from_checkpoint"]
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ class ProcessContext:
         return self.world_size > 1
 
 
-def setup_process(device: str = "auto") -> ProcessContext:
-    """Pick the device; join the process group when launched by torchrun (RANK/WORLD_SIZE set)."""
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -70,6 +70,12 @@ def setup_process(device: str = "auto") -> ProcessContext:
         raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def setup_process(device: str = "auto") -> ProcessContext:
+    """Pick the device; join the process group when launched by torchrun (RANK/WORLD_SIZE set)."""
+    dev = resolve_device(device)
     ctx = ProcessContext(device=dev)
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         ctx.rank, ctx.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -246,8 +252,10 @@ def read_training_checkpoint(path) -> dict:
 
 
 def recipe_from_checkpoint(path) -> dict:
-    """The recipe a training checkpoint was made with (to resume it with few or no options)."""
-    return dict(read_training_checkpoint(path)["recipe"])
+    """The recipe a training checkpoint was made with (to resume it with few or no options),
+    without the keys that only described that invocation (--resume, --stop-after-epochs)."""
+    recipe = dict(read_training_checkpoint(path)["recipe"])
+    return {k: v for k, v in recipe.items() if k not in PER_RUN_KEYS}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,10 +335,12 @@ def train(recipe: TrainRecipe) -> TrainResult:
         lr = recipe.lr if recipe.lr is not None else recipe.base_lr * global_batch / 512
 
         # ---- model: from scratch, fine-tuned from a checkpoint, or resumed below
+        output = Path(recipe.output)
+        resume_path = _resume_path(recipe)
         torch.manual_seed(recipe.seed)  # identical initial weights on every process
         distill = recipe.distillation != "none"
         model = create_model(recipe.model, num_classes=num_classes, distillation=distill, drop_rate=recipe.drop_rate)
-        if recipe.finetune and not recipe.resume:
+        if recipe.finetune and resume_path is None:
             source = read_checkpoint(recipe.finetune)
             same_head = source.num_classes == num_classes and source.distillation == distill
             load_weights(model, source, ignore_head=not same_head)
@@ -372,26 +382,35 @@ def train(recipe: TrainRecipe) -> TrainResult:
         criterion = _criterion(recipe, teacher)
 
         # ---- resume
-        output = Path(recipe.output)
         start_epoch, best, history = 0, {"top1": -1.0, "epoch": -1}, []
-        resume_path = output / "checkpoint-last.pth" if recipe.resume == "auto" else recipe.resume
-        if resume_path and (recipe.resume != "auto" or Path(resume_path).is_file()):
+        if resume_path is not None:
             state = read_training_checkpoint(resume_path)
-            for key in ("model", "num_classes"):
-                if state[key] != {"model": recipe.model, "num_classes": num_classes}[key]:
-                    raise ValueError(f"--resume {resume_path}: the checkpoint is for {key}={state[key]!r}, this run "
-                                     f"has {recipe.model if key == 'model' else num_classes!r}")
+            this_run = {"model": recipe.model, "num_classes": num_classes, "distillation": distill}
+            for key, value in this_run.items():
+                if state[key] != value:
+                    raise ValueError(f"--resume {resume_path}: the checkpoint has {key}={state[key]!r}, this run "
+                                     f"{value!r}")
             raw_model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if ema is not None and state.get("ema") is not None:
-                ema.module.load_state_dict(state["ema"])
+            for group in optimizer.param_groups:  # the recipe's weight decay, not the checkpoint's
+                if group["weight_decay"] > 0:
+                    group["weight_decay"] = recipe.weight_decay
+            # The scheduler is not restored: it is a pure function of the step, rebuilt from this
+            # recipe, so a resumed run may extend --epochs and the schedule follows.
+            if ema is not None:
+                if state.get("ema") is not None:
+                    ema.module.load_state_dict(state["ema"])
+                else:
+                    ema.set(raw_model)  # EMA newly enabled: start it from the resumed weights
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_epoch, best, history = state["epoch"] + 1, state["best"], list(state["history"])
             if ctx.is_main:
-                log.info("resumed %s at epoch %d (best top-1 %.2f at epoch %d)", resume_path, start_epoch,
-                         best["top1"], best["epoch"])
+                changed = {k: (state["recipe"].get(k), v) for k, v in recipe.to_dict().items()
+                           if k not in PER_RUN_KEYS and state["recipe"].get(k) != v}
+                log.info("resumed %s at epoch %d (best top-1 %.2f at epoch %d)%s", resume_path, start_epoch,
+                         best["top1"], best["epoch"],
+                         "; changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) if changed else "")
 
         # ---- wrappers
         if recipe.sync_bn and ctx.distributed:
@@ -399,17 +418,21 @@ def train(recipe: TrainRecipe) -> TrainResult:
                 raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             raw_model = model
-        if recipe.compile:
-            model = torch.compile(model)
         if ctx.distributed:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        if recipe.compile:  # after DDP, so gradient communication can overlap the backward pass
+            model = torch.compile(model)
+        if recipe.repeated_aug and not ctx.distributed and ctx.is_main:
+            log.warning("repeated augmentation with one process puts 3 augmentations of each image in the same "
+                        "batch (as the official code does); on one GPU or CPU consider --no-repeated-aug")
 
         if ctx.is_main:
             output.mkdir(parents=True, exist_ok=True)
             recipe.save(output / "recipe.yaml")
-            if start_epoch == 0:
-                (output / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+            # the log holds exactly the epochs of the checkpoint we start from
+            with open(output / "metrics.jsonl", "w") as f:
+                f.writelines(json.dumps(record) + "\n" for record in history)
             log.info("training %s on %s: %d classes, %d train images, %d val images, %d process(es) x batch %d, "
                      "lr %.2e, %s", recipe.model, root, num_classes, len(train_loader.dataset),
                      len(val_loader.dataset), ctx.world_size, recipe.batch_size, lr,
@@ -420,7 +443,6 @@ def train(recipe: TrainRecipe) -> TrainResult:
         last_path, best_path, deployed_path = output / "checkpoint-last.pth", output / "checkpoint-best.pth", \
             output / "model-best-deployed.safetensors"
         epochs_run, epoch = 0, start_epoch - 1
-        unreadable: set[str] = set()
         for epoch in range(start_epoch, recipe.epochs):
             _seed_epoch(recipe.seed, epoch, ctx.rank)
             sampler.set_epoch(epoch)
@@ -434,11 +456,13 @@ def train(recipe: TrainRecipe) -> TrainResult:
             loss_sum, seen, start = 0.0, 0, time.perf_counter()
             with _progress(ctx.is_main) as bar:
                 task = bar.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=updates_per_epoch, info="")
+                unreadable, examples = 0, []
                 for step, (images, targets, bad) in enumerate(train_loader):
-                    unreadable.update(bad)
+                    unreadable += len(bad)
+                    examples = (examples + bad)[:3]
                     if images is not None and mixup is not None and len(images) % 2:
                         images, targets = images[:-1], targets[:-1]  # mixup pairs images: keep it even
-                    if images is None or len(images) == 0:
+                    if not _all_usable(images, ctx):  # every process skips together, or DDP would hang
                         bar.advance(task)
                         continue
                     images = images.to(ctx.device, non_blocking=True)
@@ -475,14 +499,15 @@ def train(recipe: TrainRecipe) -> TrainResult:
                     bar.update(task, advance=1, info=f"{seen * ctx.world_size / elapsed:.0f} img/s  "
                                f"loss {loss_sum / seen:.4f}  lr {optimizer.param_groups[0]['lr']:.2e}")
             train_time = time.perf_counter() - start
-            loss_sum, seen = _all_reduce_sum([loss_sum, float(seen)], ctx)
+            loss_sum, seen, unreadable = _all_reduce_sum([loss_sum, float(seen), float(unreadable)], ctx)
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_time,
-                      "train_seconds": train_time, "unreadable_train_images": len(unreadable)}
+                      "train_seconds": train_time, "unreadable_train_images": int(unreadable)}
 
             last = epoch + 1 == recipe.epochs
             if (epoch + 1) % recipe.eval_every == 0 or last:
-                metrics = evaluate(model, val_loader, ctx, amp_dtype, recipe.channels_last)
+                # the unwrapped model: no DDP collectives in evaluation (a rank may get no batch)
+                metrics = evaluate(raw_model, val_loader, ctx, amp_dtype, recipe.channels_last)
                 record.update({f"val_{k}": v for k, v in metrics.items() if k != "skipped"},
                               unreadable_val_images=metrics["skipped"])
                 if ema is not None and recipe.ema_eval:
@@ -496,7 +521,6 @@ def train(recipe: TrainRecipe) -> TrainResult:
             history.append(record)
 
             if ctx.is_main:
-                _log_epoch(record, best, recipe.epochs, output, writer, unreadable)
                 state = {
                     "format": "repvit-train", "epoch": epoch, "model": recipe.model, "num_classes": num_classes,
                     "distillation": distill, "class_names": class_names, "recipe": recipe.to_dict(),
@@ -508,6 +532,7 @@ def train(recipe: TrainRecipe) -> TrainResult:
                     "repvit_metadata": {"model": recipe.model, "class_names": json.dumps(class_names)},
                 }
                 _atomic_save(state, last_path)
+                _log_epoch(record, best, recipe.epochs, output, writer, examples)  # after the checkpoint
                 if is_best:
                     _atomic_save(state, best_path)
                     save_weights(reparameterize(raw_model), deployed_path, class_names=class_names,
@@ -528,6 +553,27 @@ def train(recipe: TrainRecipe) -> TrainResult:
             dist.destroy_process_group()
 
 
+def _resume_path(recipe: TrainRecipe) -> Path | None:
+    """The checkpoint to resume from: an explicit path, or OUTPUT/checkpoint-last.pth for 'auto'
+    when it exists (a first run with --resume auto starts fresh)."""
+    if recipe.resume is None:
+        return None
+    if recipe.resume == "auto":
+        path = Path(recipe.output) / "checkpoint-last.pth"
+        return path if path.is_file() else None
+    return Path(recipe.resume)
+
+
+def _all_usable(images, ctx: ProcessContext) -> bool:
+    """A step needs >= 2 images (BatchNorm) on every process; under DDP all decide together."""
+    usable = images is not None and len(images) >= 2
+    if not ctx.distributed:
+        return usable
+    flag = torch.tensor([int(usable)], device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def _tensorboard(output: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -536,7 +582,7 @@ def _tensorboard(output: Path):
     return SummaryWriter(str(output / "tensorboard"))
 
 
-def _log_epoch(record: dict, best: dict, epochs: int, output: Path, writer, unreadable: set) -> None:
+def _log_epoch(record: dict, best: dict, epochs: int, output: Path, writer, unreadable_examples: list) -> None:
     with open(output / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train_loss']:.4f}", f"lr {record['lr']:.2e}",
@@ -546,8 +592,9 @@ def _log_epoch(record: dict, best: dict, epochs: int, output: Path, writer, unre
                   f"(best {best['top1']:.2f} @ {best['epoch']})"]
     if "ema_val_top1" in record:
         parts.append(f"EMA top-1 {record['ema_val_top1']:.2f}")
-    if unreadable:
-        parts.append(f"{len(unreadable)} unreadable image(s) skipped, e.g. {sorted(unreadable)[0]}")
+    if record["unreadable_train_images"]:
+        example = f", e.g. {unreadable_examples[0]}" if unreadable_examples else ""
+        parts.append(f"{record['unreadable_train_images']} unreadable image(s) skipped{example}")
     log.info("  ".join(parts))
     if writer is not None:
         for key, value in record.items():

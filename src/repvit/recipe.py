@@ -134,6 +134,12 @@ class TrainRecipe:
             raise RecipeError(f"img_size must be >= 32 (the network's total stride), got {self.img_size}")
         if self.warmup_epochs >= self.epochs and self.epochs > 1:
             raise RecipeError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        if self.batch_size < 2:
+            raise RecipeError("batch_size must be >= 2 (BatchNorm needs two samples per batch)")
+        if self.mixup_active and self.batch_size % 2:
+            raise RecipeError(f"batch_size must be even with mixup/cutmix (it pairs images), got {self.batch_size}")
+        if self.distillation_tau <= 0:
+            raise RecipeError(f"distillation_tau must be > 0, got {self.distillation_tau}")
         if self.num_classes is not None and self.num_classes < 1:
             raise RecipeError(f"num_classes must be >= 1, got {self.num_classes}")
         return self
@@ -215,6 +221,10 @@ def _read_yaml(config) -> dict:
     if not isinstance(data, dict):
         raise RecipeError(f"--config {config}: expected a mapping of recipe keys, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+#: Keys that describe one invocation, not the recipe: a resumed run does not inherit them.
+PER_RUN_KEYS = ("resume", "stop_after_epochs")
 
 
 def load_recipe(config=None, **overrides) -> TrainRecipe:

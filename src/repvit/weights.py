@@ -456,6 +456,13 @@ class Checkpoint:
         return f"{arch} ({', '.join(traits)})"
 
 
+def read_state_dict(source, sha256: str | None = None) -> dict:
+    """The raw tensors of any checkpoint file (path, URL or registered name), unwrapped from
+    training dicts and DDP/compile prefixes but with the original key names (for non-RepViT models)."""
+    raw, _ = _read_file(resolve_source(source, sha256))
+    return _strip_wrappers(raw)
+
+
 def read_checkpoint(source, sha256: str | None = None) -> Checkpoint:
     """Read ``source`` (path, URL, registered name, or an already-read :class:`Checkpoint`)."""
     if isinstance(source, Checkpoint):
