@@ -108,14 +108,15 @@ def resolve_models(spec="all", train_structure: bool = False) -> list[BenchTarge
         if suffix not in ("", "train"):
             raise ValueError(f"--models {token!r}: the only suffix is @train")
         structure = "train" if suffix else "deployed"
+        ours = list_models() + list_models(roadmap=True)
         if base in ("all", "repvit", "peers"):
             names = (list_models() if base != "peers" else []) + (peer_names() if base != "repvit" else [])
-        elif fnmatch.filter(list_models(), base):
-            names = fnmatch.filter(list_models(), base)
+        elif fnmatch.filter(ours, base):
+            names = fnmatch.filter(ours, base)
         else:
             names = [base]
         for name in names:
-            if name in list_models():
+            if name in ours:
                 targets.append(_ours(name, structure))
             else:
                 try:

@@ -35,6 +35,8 @@ EXAMPLES = """examples:
   repvit train --data ./flowers --config digits --img-size 128 --distillation none --finetune repvit_m0_9.dist_450e
   repvit train --resume runs/train/checkpoint-last.pth            continue an interrupted run
   repvit val --model repvit_m0_9 --weights runs/train/checkpoint-best.pth --data ./flowers
+  repvit roadmap --runtime executorch --plot roadmap.png     MobileNetV3-L -> RepViT, measured beside the paper
+  repvit roadmap --train --epochs 10                         ... and trained on the embedded digits
 """
 
 
@@ -256,6 +258,53 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_roadmap(args) -> int:
+    from .roadmap import plot_roadmap, roadmap_report
+
+    steps = [s for s in args.steps.split(",") if s] if args.steps else None
+    result = roadmap_report(args.runtime, threads=args.threads, img_size=args.img_size, warmup=args.warmup,
+                            rounds=args.rounds, iters=args.iters, steps=steps, train=args.train, epochs=args.epochs,
+                            config=args.config, output=args.output, progress=not args.quiet)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    trained = "train" in result
+    env = result["env"]
+    table = Table(title=f"Roadmap MobileNetV3-L -> RepViT-M0.9: measured on {result['runtime']} ({env['cpu']}, "
+                        f"{env['threads']} thread, batch 1, {env['img_size']}px) beside the paper (iPhone 12)")
+    columns = ["#", "step", "params M", "GMACs", "measured ms", "paper ms", "direction here / paper", "paper top-1"]
+    columns += ["top-1 here"] if trained else []
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("step", "direction here / paper") else "right")
+    for r in result["rows"]:
+        direction = "-" if "agrees" not in r else (f"{r['measured_direction']} / {r['paper_direction']}"
+                                                    + (" (noise)" if r["agrees"] is None else " ok" if r["agrees"] else " differs"))
+        cells = [str(r["step"]), r["title"], _fmt(r["params_m"]), _fmt(r["gmacs"], ".3f"), _fmt(r["latency_ms"]),
+                 _fmt(r["paper_latency_ms"]), direction, _fmt(r["paper_top1"], ".1f")]
+        cells += [_fmt(r.get("top1"), ".2f")] if trained else []
+        table.add_row(*cells)
+    _console().print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(roadmap_markdown(result))
+    if args.plot:
+        print(f"plot: {plot_roadmap(result, args.plot)}")
+    return 0
+
+
+def roadmap_markdown(result: dict) -> str:
+    trained = "train" in result
+    head = ["#", "step", "change", "params M", "GMACs", f"{result['runtime']} ms (here)", "iPhone 12 ms (paper)",
+            "direction here / paper", "top-1 % (paper)"] + (["top-1 % (here)"] if trained else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        direction = "-" if "agrees" not in r else f"{r['measured_direction']} / {r['paper_direction']}" + (
+            " (within noise)" if r["agrees"] is None else " (agrees)" if r["agrees"] else " (differs)")
+        cells = [str(r["step"]), r["title"], r["change"], _fmt(r["params_m"]), _fmt(r["gmacs"], ".3f"),
+                 _fmt(r["latency_ms"]), _fmt(r["paper_latency_ms"]), direction, _fmt(r["paper_top1"], ".1f")]
+        cells += [_fmt(r.get("top1"), ".2f")] if trained else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per recipe field, grouped, documented from the recipe itself."""
     import typing
@@ -372,6 +421,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", metavar="DIR")
     p.add_argument("--formats", default="onnx,executorch", help="export formats to check (comma-separated; empty: none)")
     p.set_defaults(func=cmd_quickstart)
+
+    p = commands.add_parser("roadmap", help="every step from MobileNetV3-L to RepViT-M0.9: measured beside the paper",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runtime", choices=("eager", "onnxruntime", "executorch"), default="executorch")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--steps", default=None, help="comma-separated step ids (default: all)")
+    p.add_argument("--train", nargs="?", const="digits", default=None, metavar="DATA",
+                   help="also train every step with one recipe: an ImageFolder root, or the embedded digits")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per step (default: the recipe's)")
+    p.add_argument("--config", default=None, help="training recipe (default: digits for the digits, else the paper's)")
+    p.add_argument("--output", default="runs/roadmap", metavar="DIR", help="where trained steps are written")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--plot", metavar="PNG")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_roadmap)
     return parser
 
 

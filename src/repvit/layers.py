@@ -12,24 +12,39 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import SqueezeExcite, trunc_normal_
+from timm.layers import SqueezeExcite, make_divisible, trunc_normal_
 from torch import nn
 
 __all__ = [
+    "ACTIVATIONS",
     "Fusable",
     "fold_batchnorm",
     "fold_batchnorm_before_linear",
     "ConvNorm",
     "NormLinear",
     "RepDepthwiseConv",
+    "ConvNormAct",
     "ChannelMixer",
     "RepViTBlock",
+    "TransitionBlock",
+    "InvertedResidual",
+    "DepthwiseSeparable",
     "Stem",
+    "MobileNetV3Stem",
     "Downsample",
     "Stage",
     "ClassifierHead",
     "SqueezeExcite",
 ]
+
+
+#: Activations by name, as specs refer to them.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "hard_swish": nn.Hardswish}
+
+
+def hidden_width(channels: int, ratio: float) -> int:
+    """Expanded width: ``channels * ratio`` rounded to a multiple of 8 (as the official and timm code)."""
+    return make_divisible(channels * ratio, 8)
 
 
 class Fusable(nn.Module):
@@ -121,6 +136,16 @@ class ConvNorm(Fusable):
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
         return _conv_like(self.conv, *fold_batchnorm(self.conv.weight, None, self.bn))
+
+
+class ConvNormAct(nn.Sequential):
+    """ConvNorm followed by an activation (fuses to Conv2d + activation)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
+                 act_layer: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.add_module("conv", ConvNorm(in_chs, out_chs, kernel_size, stride, groups))
+        self.add_module("act", act_layer())
 
 
 class NormLinear(Fusable):
@@ -219,7 +244,7 @@ class RepViTBlock(nn.Module):
         super().__init__()
         self.token_mixer = RepDepthwiseConv(channels, kernel_size, legacy)
         self.se = SqueezeExcite(channels, rd_ratio=0.25) if use_se else nn.Identity()
-        self.channel_mixer = ChannelMixer(channels, int(channels * mlp_ratio), act_layer)
+        self.channel_mixer = ChannelMixer(channels, hidden_width(channels, mlp_ratio), act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.se(self.token_mixer(x))
@@ -241,11 +266,29 @@ class Stem(nn.Module):
         return self.conv2(self.act(self.conv1(x)))
 
 
-class Downsample(nn.Module):
+class TransitionBlock(nn.Module):
+    """A RepViT block that changes resolution or width: a (strided) depthwise conv, optional SE, a
+    1x1 conv to the new width, and an FFN with residual at the new width (no re-parameterisable
+    branches: the official code's stride-2 block)."""
+
+    def __init__(self, in_chs: int, out_chs: int, mlp_ratio: float = 2.0, kernel_size: int = 3, stride: int = 2,
+                 use_se: bool = False, act_layer: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.spatial = ConvNorm(in_chs, in_chs, kernel_size, stride=stride, groups=in_chs)
+        self.se = SqueezeExcite(in_chs, rd_ratio=0.25) if use_se else nn.Identity()
+        self.channel = ConvNorm(in_chs, out_chs, 1)
+        self.ffn = ChannelMixer(out_chs, hidden_width(out_chs, mlp_ratio), act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.channel(self.se(self.spatial(x)))
+        return x + self.ffn(x)
+
+
+class Downsample(TransitionBlock):
     """The paper's deeper, separate downsampling layer.
 
-    A RepViT block at the input width (no SE), a stride-2 depthwise conv, a 1x1 conv that changes
-    the width, and an FFN with residual at the output width.
+    A RepViT block at the input width (no SE), then a stride-2 transition: depthwise conv, 1x1 conv
+    that changes the width, and an FFN with residual at the output width.
     """
 
     def __init__(
@@ -257,41 +300,69 @@ class Downsample(nn.Module):
         act_layer: type[nn.Module] = nn.GELU,
         legacy: bool = False,
     ):
-        super().__init__()
+        super().__init__(in_chs, out_chs, mlp_ratio, kernel_size, stride=2, use_se=False, act_layer=act_layer)
         self.pre_block = RepViTBlock(in_chs, mlp_ratio, kernel_size, False, act_layer, legacy)
-        self.spatial = ConvNorm(in_chs, in_chs, kernel_size, stride=2, groups=in_chs)
-        self.channel = ConvNorm(in_chs, out_chs, 1)
-        self.ffn = ChannelMixer(out_chs, int(out_chs * mlp_ratio), act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.channel(self.spatial(self.pre_block(x)))
-        return x + self.ffn(x)
+        return super().forward(self.pre_block(x))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3's block: 1x1 expand -> kxk depthwise (stride) -> SE -> 1x1 project, residual
+    when shape allows. SE as in MobileNetV3: on the expanded width, reduced to a quarter (rounded
+    to 8), ReLU inside, hard-sigmoid gate."""
+
+    def __init__(self, in_chs: int, out_chs: int, expansion: float, kernel_size: int = 3, stride: int = 1,
+                 use_se: bool = False, act_layer: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        mid = hidden_width(in_chs, expansion)
+        self.has_residual = stride == 1 and in_chs == out_chs
+        self.expand = ConvNormAct(in_chs, mid, 1, act_layer=act_layer)
+        self.depthwise = ConvNormAct(mid, mid, kernel_size, stride, groups=mid, act_layer=act_layer)
+        self.se = SqueezeExcite(mid, rd_channels=make_divisible(mid * 0.25, 8), gate_layer="hard_sigmoid") \
+            if use_se else nn.Identity()
+        self.project = ConvNorm(mid, out_chs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.se(self.depthwise(self.expand(x))))
+        return x + y if self.has_residual else y
+
+
+class DepthwiseSeparable(nn.Module):
+    """kxk depthwise conv -> activation -> 1x1 conv, with residual (MobileNetV3's first block)."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, act_layer: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.depthwise = ConvNormAct(channels, channels, kernel_size, groups=channels, act_layer=act_layer)
+        self.pointwise = ConvNorm(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pointwise(self.depthwise(x))
+
+
+class MobileNetV3Stem(nn.Module):
+    """MobileNetV3-L's stride-4 stem as the RepViT paper counts it: a 3x3 stride-2 conv (16 filters,
+    hard-swish), a depthwise-separable block and a stride-2 inverted residual (expansion 4), ReLU."""
+
+    stride = 4
+
+    def __init__(self, in_chs: int, out_chs: int, width: int = 16, act_layer: type[nn.Module] = nn.Hardswish):
+        super().__init__()
+        self.conv = ConvNormAct(in_chs, width, 3, stride=2, act_layer=act_layer)
+        self.separable = DepthwiseSeparable(width, 3, nn.ReLU)
+        self.bottleneck = InvertedResidual(width, out_chs, 4, 3, stride=2, act_layer=nn.ReLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(self.separable(self.conv(x)))
 
 
 class Stage(nn.Module):
-    """An optional downsampling layer followed by ``len(se_flags)`` RepViT blocks."""
+    """An optional downsampling layer followed by blocks (all built by :mod:`repvit.models`)."""
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        se_flags: list[bool],
-        downsample: bool,
-        mlp_ratio: float = 2.0,
-        kernel_size: int = 3,
-        act_layer: type[nn.Module] = nn.GELU,
-        legacy: bool = False,
-    ):
+    def __init__(self, downsample: nn.Module | None, blocks: list[nn.Module]):
         super().__init__()
-        if downsample:
-            self.downsample = Downsample(in_chs, out_chs, mlp_ratio, kernel_size, act_layer, legacy)
-        elif in_chs != out_chs:
-            raise ValueError(f"a stage without downsampling keeps its width, got {in_chs}->{out_chs}")
-        else:
-            self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(
-            *(RepViTBlock(out_chs, mlp_ratio, kernel_size, se, act_layer, legacy) for se in se_flags)
-        )
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))

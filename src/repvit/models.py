@@ -1,9 +1,11 @@
-"""RepViT model builder, variant specs and registry.
+"""RepViT model builder, variant registry and factory.
 
-Every variant is one declarative :class:`RepViTSpec` (widths, blocks per stage, kernel, expansion,
-SE placement, token-mixer form); :class:`RepViT` and :class:`RepViTFeatures` are built from a spec by
-the same code. Depths follow the paper (and timm): blocks *after* each downsampling layer; every
-downsampling layer also owns one RepViT block at the previous width.
+Every variant is one declarative :class:`~repvit.specs.RepViTSpec` (widths, blocks per stage,
+kernel, expansion, SE placement, token-mixer form) that expands to a :class:`~repvit.specs.NetSpec`;
+one builder turns any NetSpec into :class:`RepViT` or :class:`RepViTFeatures`, the variants as well
+as every step of the paper's roadmap from MobileNetV3-L (:mod:`repvit.roadmap`). Depths follow the
+paper (and timm): blocks *after* each downsampling layer; every downsampling layer also owns one
+RepViT block at the previous width.
 
 Paper: Wang et al., "RepViT: Revisiting Mobile CNN From ViT Perspective", CVPR 2024, arXiv:2307.09283.
 """
@@ -17,10 +19,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import ClassifierHead, Stage, Stem
+from .layers import (
+    ACTIVATIONS,
+    ClassifierHead,
+    ConvNormAct,
+    Downsample,
+    InvertedResidual,
+    MobileNetV3Stem,
+    RepViTBlock,
+    Stage,
+    Stem,
+    TransitionBlock,
+)
+from .specs import BlockSpec, NetSpec, RepViTSpec, StageSpec
 
 __all__ = [
     "RepViTSpec",
+    "NetSpec",
+    "build_block",
     "Variant",
     "RepViT",
     "RepViTFeatures",
@@ -37,51 +53,18 @@ MIN_INPUT_SIZE = 32
 
 
 @dataclass(frozen=True)
-class RepViTSpec:
-    """Everything that defines a RepViT architecture.
-
-    widths: channels per stage; the stem ends at ``widths[0]`` (its first conv has half of it).
-    depths: RepViT blocks per stage, after the stage's downsampling layer (paper convention).
-    se: which of a stage's blocks get squeeze-excitation: ``"alternate"`` (1st, 3rd, 5th, ...:
-        the paper's cross-block SE), ``"all"`` or ``"none"``. Downsampling layers never have SE.
-    legacy: the first paper version's token mixer (BN on the 1x1 branch, none after the sum).
-    """
-
-    widths: tuple[int, ...]
-    depths: tuple[int, ...]
-    kernel_size: int = 3
-    mlp_ratio: float = 2.0
-    se: str = "alternate"
-    legacy: bool = False
-
-    def __post_init__(self):
-        if len(self.widths) != len(self.depths) or not self.widths:
-            raise ValueError(f"widths {self.widths} and depths {self.depths} must be non-empty and of equal length")
-        if self.se not in ("alternate", "all", "none"):
-            raise ValueError(f"se must be 'alternate', 'all' or 'none', got {self.se!r}")
-
-    def se_flags(self, stage: int) -> list[bool]:
-        depth = self.depths[stage]
-        if self.se == "all":
-            return [True] * depth
-        if self.se == "none":
-            return [False] * depth
-        return [i % 2 == 0 for i in range(depth)]
-
-    def strides(self) -> list[int]:
-        return [Stem.stride * 2**i for i in range(len(self.widths))]
-
-
-@dataclass(frozen=True)
 class Variant:
     """A registered architecture: its name, spec and where it comes from."""
 
     name: str
-    spec: RepViTSpec
+    spec: RepViTSpec | NetSpec
     paper_name: str
-    version: str  # "v1" (first arXiv version) or "v2" (CVPR 2024)
+    version: str  # "v1" (first arXiv version), "v2" (CVPR 2024) or "roadmap"
     notes: str = ""
-    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def net(self) -> NetSpec:
+        return self.spec.to_net() if isinstance(self.spec, RepViTSpec) else self.spec
 
 
 _VARIANTS: dict[str, Variant] = {}
@@ -95,9 +78,13 @@ def register_variant(variant: Variant) -> Variant:
     return variant
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the registered models, optionally filtered by an fnmatch pattern (``"repvit_m1*"``)."""
-    return sorted(n for n in _VARIANTS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", roadmap: bool = False) -> list[str]:
+    """Names of the RepViT variants, optionally filtered by an fnmatch pattern (``"repvit_m1*"``);
+    ``roadmap=True`` lists the roadmap's intermediate models (:mod:`repvit.roadmap`) instead."""
+    if roadmap:
+        from . import roadmap as _registers_the_roadmap  # noqa: F401
+    return sorted(n for n, v in _VARIANTS.items()
+                  if fnmatch.fnmatch(n, pattern) and (v.version == "roadmap") == roadmap)
 
 
 def get_variant(name: str) -> Variant:
@@ -108,6 +95,11 @@ def get_variant(name: str) -> Variant:
         raise ValueError(
             f"{name!r} names a weight set, not a model; use create_model({arch!r}, weights={name!r})"
         )
+    if name.startswith("roadmap_"):
+        from . import roadmap  # noqa: F401  (registers the roadmap's models on first use)
+
+        if name in _VARIANTS:
+            return _VARIANTS[name]
     close = difflib.get_close_matches(name, list(_VARIANTS), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}")
@@ -149,21 +141,53 @@ class FeatureInfo(list):
         return [f["reduction"] for f in self]
 
 
-def _build_stages(spec: RepViTSpec, num_stages: int) -> nn.Sequential:
-    stages, in_chs = [], spec.widths[0]
-    for i in range(num_stages):
-        stages.append(
-            Stage(in_chs, spec.widths[i], spec.se_flags(i), downsample=i > 0,
-                  mlp_ratio=spec.mlp_ratio, kernel_size=spec.kernel_size, legacy=spec.legacy)
-        )
-        in_chs = spec.widths[i]
+def _act(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+def build_block(spec: BlockSpec, in_chs: int) -> nn.Module:
+    act = _act(spec.act)
+    if spec.kind == "repvit":
+        if spec.stride != 1 or in_chs != spec.out_chs:
+            raise ValueError(f"a repvit block keeps resolution and width ({in_chs}->{spec.out_chs}, stride "
+                             f"{spec.stride}); use a transition block")
+        return RepViTBlock(in_chs, spec.ratio, spec.kernel_size, spec.se, act, spec.legacy)
+    if spec.kind == "transition":
+        return TransitionBlock(in_chs, spec.out_chs, spec.ratio, spec.kernel_size, spec.stride, spec.se, act)
+    if spec.kind == "downsample":
+        return Downsample(in_chs, spec.out_chs, spec.ratio, spec.kernel_size, act, spec.legacy)
+    return InvertedResidual(in_chs, spec.out_chs, spec.ratio, spec.kernel_size, spec.stride, spec.se, act)
+
+
+def _build_stem(net: NetSpec, in_chans: int) -> nn.Module:
+    if net.stem.kind == "conv":
+        return Stem(in_chans, net.stem.width, _act(net.stem.act))
+    if net.stem.kind == "mobilenetv3":
+        return MobileNetV3Stem(in_chans, net.stem.width, act_layer=_act(net.stem.act))
+    raise ValueError(f"stem kind must be conv or mobilenetv3, got {net.stem.kind!r}")
+
+
+def _build_stages(net: NetSpec, num_stages: int) -> nn.Sequential:
+    stages, in_chs = [], net.stem.width
+    for stage in net.stages[:num_stages]:
+        down = None
+        if stage.downsample is not None:
+            down = build_block(stage.downsample, in_chs)
+            in_chs = stage.downsample.out_chs
+        blocks = []
+        for block in stage.blocks:
+            blocks.append(build_block(block, in_chs))
+            in_chs = block.out_chs
+        stages.append(Stage(down, blocks))
     return nn.Sequential(*stages)
 
 
-def _stage_info(spec: RepViTSpec) -> FeatureInfo:
+def _stage_info(net: NetSpec) -> FeatureInfo:
     return FeatureInfo(
         dict(num_chs=w, reduction=s, module=f"stages.{i}")
-        for i, (w, s) in enumerate(zip(spec.widths, spec.strides()))
+        for i, (w, s) in enumerate(zip(net.widths, net.strides()))
     )
 
 
@@ -201,7 +225,7 @@ class RepViT(_Backbone):
 
     def __init__(
         self,
-        spec: RepViTSpec,
+        spec: RepViTSpec | NetSpec,
         *,
         num_classes: int = 1000,
         distillation: bool = False,
@@ -210,14 +234,32 @@ class RepViT(_Backbone):
         name: str = "repvit",
     ):
         super().__init__()
+        net = spec.to_net() if isinstance(spec, RepViTSpec) else spec
         self.name, self.spec, self.in_chans = name, spec, in_chans
         self.num_classes = num_classes
-        self.stem = Stem(in_chans, spec.widths[0])
-        self.stages = _build_stages(spec, len(spec.widths))
-        self.feature_info = _stage_info(spec)
-        self.num_features = spec.widths[-1]
+        self.stem = _build_stem(net, in_chans)
+        self.stages = _build_stages(net, len(net.stages))
+        self.feature_info = _stage_info(net)
+        self.num_features = net.widths[-1]
+        # RepViT pools the last feature map straight into its classifier; MobileNetV3's head has a
+        # 1x1 conv before the pooling and a hidden linear layer after it (empty for RepViT).
+        self.pre_pool, self.post_pool = nn.Identity(), nn.Identity()
+        if net.head.kind == "mobilenetv3":
+            conv_width, hidden = net.head.widths
+            act = _act(net.head.act)
+            self.pre_pool = ConvNormAct(self.num_features, conv_width, 1, act_layer=act)
+            self.post_pool = nn.Sequential(nn.Linear(conv_width, hidden), act())
+            self.num_features = hidden
+        elif net.head.kind != "norm_linear":
+            raise ValueError(f"head kind must be norm_linear or mobilenetv3, got {net.head.kind!r}")
+        self.head_norm = net.head.kind == "norm_linear"
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = ClassifierHead(self.num_features, num_classes, distillation)
+        if self.head_norm:
+            self.head = ClassifierHead(self.num_features, num_classes, distillation)
+        elif distillation:
+            raise ValueError(f"{name}: a MobileNetV3 head has no distillation head")
+        else:
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     @property
     def distillation(self) -> bool:
@@ -235,6 +277,9 @@ class RepViT(_Backbone):
         was_deployed = self.deployed
         self.num_classes = num_classes
         reference = next(self.parameters())  # keep the model's device and dtype
+        if not self.head_norm:
+            self.head = (nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()).to(reference)
+            return
         self.head = ClassifierHead(self.num_features, num_classes, distillation).to(reference)
         if was_deployed:  # keep a deployed model deployed
             self.head = self.head.eval().fuse()
@@ -244,7 +289,7 @@ class RepViT(_Backbone):
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(self.post_pool(self.pre_pool(x).mean((2, 3))))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor):
@@ -272,18 +317,19 @@ class RepViTFeatures(_Backbone):
 
     def __init__(
         self,
-        spec: RepViTSpec,
+        spec: RepViTSpec | NetSpec,
         *,
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
         in_chans: int = 3,
         name: str = "repvit",
     ):
         super().__init__()
-        self.out_indices = _check_indices(out_indices, len(spec.widths), name)
+        net = spec.to_net() if isinstance(spec, RepViTSpec) else spec
+        self.out_indices = _check_indices(out_indices, len(net.stages), name)
         self.name, self.spec, self.in_chans = name, spec, in_chans
-        self.stem = Stem(in_chans, spec.widths[0])
-        self.stages = _build_stages(spec, max(self.out_indices) + 1)
-        info = _stage_info(spec)
+        self.stem = _build_stem(net, in_chans)
+        self.stages = _build_stages(net, max(self.out_indices) + 1)
+        info = _stage_info(net)
         self.feature_info = FeatureInfo(info[i] for i in self.out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,134 @@
+"""Declarative architecture specs: what a network is, separate from the code that builds it.
+
+A :class:`NetSpec` (stem, stages of blocks, head) describes any network of the family, from
+MobileNetV3-L through every step of the paper's roadmap to the RepViT variants; :mod:`repvit.models`
+builds all of them with one builder. A RepViT variant is written compactly as a :class:`RepViTSpec`
+(widths, depths, kernel, expansion, SE placement, token-mixer form) and expands to a NetSpec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["BlockSpec", "StageSpec", "StemSpec", "HeadSpec", "NetSpec", "RepViTSpec", "BLOCK_KINDS"]
+
+#: repvit: re-parameterisable depthwise token mixer (+SE) and FFN, stride 1, same width;
+#: transition: strided depthwise conv (+SE), 1x1 conv to a new width, FFN;
+#: downsample: the paper's deeper downsampling layer (a repvit block, then a stride-2 transition);
+#: inverted_residual: MobileNetV3's block (expand, depthwise, SE, project).
+BLOCK_KINDS = ("repvit", "transition", "downsample", "inverted_residual")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    kind: str
+    out_chs: int
+    kernel_size: int = 3
+    ratio: float = 2.0  # FFN hidden width / width, or the inverted residual's expansion
+    se: bool = False
+    act: str = "gelu"
+    stride: int = 1
+    legacy: bool = False  # repvit blocks: the first paper version's token mixer
+
+    def __post_init__(self):
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"block kind must be one of {', '.join(BLOCK_KINDS)}, got {self.kind!r}")
+        if self.kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Blocks at one resolution. ``downsample`` (a ``downsample`` block) opens the stage; without
+    it a stage downsamples with a stride-2 first block, or not at all (the first stage)."""
+
+    blocks: tuple[BlockSpec, ...]
+    downsample: BlockSpec | None = None
+
+    @property
+    def width(self) -> int:
+        return (self.blocks or (self.downsample,))[-1].out_chs
+
+
+@dataclass(frozen=True)
+class StemSpec:
+    """``conv``: two stride-2 3x3 convs (``width`` // 2, then ``width``), as RepViT; ``mobilenetv3``:
+    MobileNetV3-L's conv (16) + depthwise-separable + inverted residual, ending at ``width``."""
+
+    kind: str = "conv"
+    width: int = 48
+    act: str = "gelu"
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """``norm_linear``: average pool -> BatchNorm -> Linear (RepViT; optional distillation head);
+    ``mobilenetv3``: 1x1 conv (``widths[0]``) -> pool -> linear (``widths[1]``) -> Linear."""
+
+    kind: str = "norm_linear"
+    widths: tuple[int, ...] = ()
+    act: str = "gelu"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    stem: StemSpec
+    stages: tuple[StageSpec, ...]
+    head: HeadSpec = field(default_factory=HeadSpec)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(stage.width for stage in self.stages)
+
+    @property
+    def legacy(self) -> bool:
+        return any(b.legacy for s in self.stages for b in s.blocks + ((s.downsample,) if s.downsample else ()))
+
+    def strides(self) -> list[int]:
+        return [4 * 2**i for i in range(len(self.stages))]  # every stem in the family has stride 4
+
+
+@dataclass(frozen=True)
+class RepViTSpec:
+    """A RepViT variant.
+
+    widths: channels per stage; the stem ends at ``widths[0]`` (its first conv has half of it).
+    depths: RepViT blocks per stage, after the stage's downsampling layer (paper convention).
+    se: which of a stage's blocks get squeeze-excitation: ``"alternate"`` (1st, 3rd, 5th, ...:
+        the paper's cross-block SE), ``"all"`` or ``"none"``. Downsampling layers never have SE.
+    legacy: the first paper version's token mixer (BN on the 1x1 branch, none after the sum).
+    """
+
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    kernel_size: int = 3
+    mlp_ratio: float = 2.0
+    se: str = "alternate"
+    legacy: bool = False
+
+    def __post_init__(self):
+        if len(self.widths) != len(self.depths) or not self.widths:
+            raise ValueError(f"widths {self.widths} and depths {self.depths} must be non-empty and of equal length")
+        if self.se not in ("alternate", "all", "none"):
+            raise ValueError(f"se must be 'alternate', 'all' or 'none', got {self.se!r}")
+
+    def se_flags(self, stage: int) -> list[bool]:
+        depth = self.depths[stage]
+        if self.se == "all":
+            return [True] * depth
+        if self.se == "none":
+            return [False] * depth
+        return [i % 2 == 0 for i in range(depth)]
+
+    def strides(self) -> list[int]:
+        return [4 * 2**i for i in range(len(self.widths))]
+
+    def to_net(self) -> NetSpec:
+        stages = []
+        for i, (width, depth) in enumerate(zip(self.widths, self.depths)):
+            down = None if i == 0 else BlockSpec("downsample", width, self.kernel_size, self.mlp_ratio,
+                                                 legacy=self.legacy)
+            blocks = tuple(BlockSpec("repvit", width, self.kernel_size, self.mlp_ratio, se, legacy=self.legacy)
+                           for se in self.se_flags(i))
+            stages.append(StageSpec(blocks, down))
+        return NetSpec(StemSpec("conv", self.widths[0]), tuple(stages), HeadSpec("norm_linear"))
