@@ -49,6 +49,14 @@ def test_per_process_batchnorm_matches_within_tolerance(digits_root, tmp_path):
     a, b = ddp["history"][-1], single["history"][-1]
     assert a["val_top1"] > 80 and b["val_top1"] > 80
     assert abs(a["val_top1"] - b["val_top1"]) < 3
+    # the sharded evaluation measured exactly the saved model (rank 0's BatchNorm statistics)
+    proc = subprocess.run([sys.executable, "-m", "repvit", "val", "--model", "repvit_m0_6", "--weights",
+                           str(tmp_path / "ddp" / "checkpoint-last.pth"), "--data", str(digits_root), "--img-size",
+                           "32", "--crop-pct", "1", "--workers", "0", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    assert json.loads(proc.stdout)["train"]["top1"] == pytest.approx(a["val_top1"])
 
 
 def test_a_batch_of_unreadable_images_on_one_process_does_not_hang(tmp_path):
@@ -69,3 +77,26 @@ def test_a_batch_of_unreadable_images_on_one_process_does_not_hang(tmp_path):
     ckpt = _run(["--config", "digits", "--model", "repvit_m0_6", "--data", str(root), "--epochs", "1",
                  "--batch-size", "4"], tmp_path / "ddp", processes=2)
     assert ckpt["history"][0]["unreadable_train_images"] == 4
+
+
+def test_segmentation_under_torchrun_evaluates_every_image_once(tmp_path):
+    # sharded evaluation summed over 2 processes == evaluating the same weights in one process
+    import json
+
+    from repvit.synthetic import make_shapes_segmentation
+
+    data = make_shapes_segmentation(tmp_path / "seg", n_train=8, n_val=5, size=64)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["segment", "train", "--model", "repvit_m0_6", "--data", str(data), "--num-classes", "4", "--crop-size",
+            "64", "--scale", "96", "64", "--max-iters", "3", "--eval-interval", "3", "--batch-size", "2",
+            "--workers", "0", "--output", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "repvit", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    distributed_miou = [h for h in state["history"] if "val_mIoU" in h][-1]["val_mIoU"]
+    proc = subprocess.run([sys.executable, "-m", "repvit", "segment", "val", "--weights", str(out / "checkpoint-last.pth"),
+                           "--unfused", "--json", "--workers", "0"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["mIoU"] == pytest.approx(distributed_miou, abs=1e-6)

@@ -8,12 +8,12 @@ import json
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
-
-from dataclasses import fields
 
 from . import __version__
 from .complexity import model_stats
@@ -185,20 +185,111 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .engine import recipe_from_checkpoint, train
-    from .recipe import TrainRecipe, load_recipe
+def _recipe_from_args(args, recipe_cls, read_recipe):
+    """Defaults < --config < options; resuming without --config starts from the checkpoint's recipe."""
+    from .recipe import PER_RUN_KEYS
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainRecipe) if hasattr(args, f.name)}
+    overrides = {f.name: getattr(args, f.name) for f in fields(recipe_cls) if hasattr(args, f.name)}
     resume = overrides.get("resume")
     if resume == "auto":
-        resume = Path(overrides.get("output", TrainRecipe.output)) / "checkpoint-last.pth"
+        resume = Path(overrides.get("output", recipe_cls.output)) / "checkpoint-last.pth"
         resume = resume if resume.is_file() else None  # a first run with --resume auto starts fresh
     if args.config is None and resume is not None:
-        # resuming with few options: the checkpoint's recipe, updated by what was given here
-        recipe = load_recipe(None, **{**recipe_from_checkpoint(resume), **overrides})
-    else:
-        recipe = load_recipe(args.config, **overrides)
+        saved = {k: v for k, v in read_recipe(resume).items() if k not in PER_RUN_KEYS}
+        return recipe_cls.load(None, **{**saved, **overrides})
+    return recipe_cls.load(args.config, **overrides)
+
+
+def cmd_segment(args) -> int:
+    from .segmentation import SegmentRecipe, SegmentationFolder, SegmentationTask, load_segmenter, predict_segmentation
+
+    if args.action == "train":
+        from .dense import read_dense_checkpoint
+        from .segmentation import train_segmenter
+
+        recipe = _recipe_from_args(args, SegmentRecipe, lambda p: read_dense_checkpoint(p, "segment")["recipe"])
+        result = train_segmenter(recipe)
+        if os.environ.get("RANK", "0") == "0":
+            best = result["best"]
+            print(f"best mIoU {best['mIoU']:.2f} (mAcc {best.get('mAcc', 0):.2f}, aAcc {best.get('aAcc', 0):.2f}) at "
+                  f"iteration {best['iter']}; checkpoints in {result['output']}")
+        return 0
+    if args.action == "val":
+        from .engine import ProcessContext, resolve_device
+
+        model, recipe, _ = load_segmenter(args.weights, deploy=not args.unfused)
+        if args.test_mode:
+            recipe.test_mode = args.test_mode
+        if args.data:
+            recipe.data = args.data
+        ctx = ProcessContext(device=resolve_device(args.device))
+        loader = torch.utils.data.DataLoader(SegmentationFolder(recipe.data, "validation", recipe, False),
+                                             batch_size=1, num_workers=args.workers, collate_fn=SegmentationTask().collate)
+        metrics = SegmentationTask(recipe.ignore_index).evaluate(model.to(ctx.device), loader, ctx, recipe)
+        metrics.pop("per_class_IoU") if not args.json else None
+        print(json.dumps(metrics, indent=2) if args.json else
+              f"mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}  "
+              f"({'training' if args.unfused else 'reparameterized'} structure, {recipe.test_mode} inference)")
+        return 0
+    if args.action == "predict":
+        for path in predict_segmentation(args.weights, args.images, args.out, device=args.device):
+            print(path)
+        return 0
+    from .export import export
+
+    model, recipe, _ = load_segmenter(args.weights)
+    model.name = f"{recipe.model}_semantic_fpn"
+    results = export(model, args.format, img_size=args.img_size, out_dir=args.out)
+    for r in results:
+        print(f"{r.format}: {r.status}  {r.path or ''}  {r.parity}  {r.detail}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_detect(args) -> int:
+    from .detection import CocoDataset, DetectionTask, DetectRecipe, load_detector, predict_detections
+
+    if args.action == "train":
+        from .dense import read_dense_checkpoint
+        from .detection import train_detector
+
+        recipe = _recipe_from_args(args, DetectRecipe, lambda p: read_dense_checkpoint(p, "detect")["recipe"])
+        result = train_detector(recipe)
+        if os.environ.get("RANK", "0") == "0":
+            best = result["best"]
+            print(f"best box AP {best['bbox_AP']:.2f}" + (f", mask AP {best['segm_AP']:.2f}" if "segm_AP" in best else "")
+                  + f" at iteration {best['iter']}; checkpoints in {result['output']}")
+        return 0
+    if args.action == "val":
+        from .engine import ProcessContext, resolve_device
+
+        model, recipe, names = load_detector(args.weights, deploy=not args.unfused)
+        for key in ("data", "val_ann", "val_images"):
+            if getattr(args, key):
+                setattr(recipe, key, getattr(args, key))
+        paths = recipe.paths()
+        task = DetectionTask(recipe)
+        task.val = CocoDataset(paths["val_images"], paths["val_ann"], False, task.masks, class_names=names)
+        loader = torch.utils.data.DataLoader(task.val, batch_size=1, num_workers=args.workers, collate_fn=task.collate)
+        ctx = ProcessContext(device=resolve_device(args.device))
+        metrics = task.evaluate(model.to(ctx.device), loader, ctx, recipe)
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        else:
+            for kind in ("bbox", "segm"):
+                if f"{kind}_AP" in metrics:
+                    print(f"{kind}: " + "  ".join(f"{k.split('_', 1)[1]} {v:.2f}" for k, v in metrics.items()
+                                                  if k.startswith(kind)))
+        return 0
+    for path in predict_detections(args.weights, args.images, args.out, device=args.device, score_thresh=args.score):
+        print(path)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .engine import read_training_checkpoint, train
+    from .recipe import TrainRecipe
+
+    recipe = _recipe_from_args(args, TrainRecipe, lambda p: read_training_checkpoint(p)["recipe"])
     result = train(recipe)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary line
         return 0
@@ -305,17 +396,18 @@ def roadmap_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_recipe_arguments(parser: argparse.ArgumentParser, recipe_cls=None, config_help: str | None = None) -> None:
     """One option per recipe field, grouped, documented from the recipe itself."""
     import typing
 
     from .recipe import TrainRecipe
 
+    recipe_cls = recipe_cls or TrainRecipe
     parser.add_argument("--config", default=None, metavar="YAML|NAME",
-                        help="recipe file, or a packaged recipe: imagenet (the default values), digits")
+                        help=config_help or "recipe file, or a packaged recipe: imagenet (the default values), digits")
     groups = {}
-    hints = typing.get_type_hints(TrainRecipe)
-    for f in fields(TrainRecipe):
+    hints = typing.get_type_hints(recipe_cls)
+    for f in fields(recipe_cls):
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
         default = f.default if f.default is not dataclasses.MISSING else None
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
@@ -441,6 +533,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_roadmap)
+
+    from .detection import DetectRecipe
+    from .segmentation import SegmentRecipe
+
+    for task, recipe_cls, func, layout in (
+        ("segment", SegmentRecipe, cmd_segment, "ROOT/images/{training,validation}/*.jpg + ROOT/annotations/...*.png"),
+        ("detect", DetectRecipe, cmd_detect, "ROOT/annotations/instances_{train,val}2017.json + ROOT/{train,val}2017/"),
+    ):
+        top = commands.add_parser(task, help=f"{'semantic segmentation (Semantic FPN)' if task == 'segment' else 'detection and instance segmentation (Mask R-CNN)'} on a RepViT backbone",
+                                  epilog=f"data layout: {layout}")
+        actions = top.add_subparsers(dest="action", metavar="ACTION", required=True)
+        p = actions.add_parser("train", help="train (torchrun for several GPUs); defaults are the paper's setup",
+                               epilog=f"data layout: {layout}")
+        _add_recipe_arguments(p, recipe_cls, "recipe file (YAML)")
+        p.set_defaults(func=func)
+        p = actions.add_parser("val", help="evaluate a trained checkpoint")
+        p.add_argument("--weights", required=True, metavar="CKPT")
+        p.add_argument("--data", default=None, help="dataset root (default: the one it was trained on)")
+        if task == "detect":
+            p.add_argument("--val-ann", default=None)
+            p.add_argument("--val-images", default=None)
+        else:
+            p.add_argument("--test-mode", choices=("whole", "slide"), default=None)
+        p.add_argument("--unfused", action="store_true", help="evaluate the training structure (default: reparameterized)")
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+        p = actions.add_parser("predict", help="draw the predictions onto images, saved as PNG")
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.add_argument("--weights", required=True, metavar="CKPT")
+        p.add_argument("--out", default=f"runs/{task}/predictions", metavar="DIR")
+        p.add_argument("--device", default="cpu")
+        if task == "detect":
+            p.add_argument("--score", type=float, default=0.5, help="draw detections above this score")
+        p.set_defaults(func=func)
+        if task == "segment":
+            p = actions.add_parser("export", help="export the reparameterized segmenter (ONNX, ...) with parity checks")
+            p.add_argument("--weights", required=True, metavar="CKPT")
+            p.add_argument("--format", nargs="+", default=["onnx"])
+            p.add_argument("--img-size", type=int, default=512)
+            p.add_argument("--out", default="exports", metavar="DIR")
+            p.set_defaults(func=func)
     return parser
 
 
@@ -472,8 +607,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError, FloatingPointError) as err:  # user-facing problems: one line, no stack trace
-        print(f"repvit {args.command}: error: {err}", file=sys.stderr)
+        print(f"repvit {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The message itself, also when a DataLoader worker raised it (the main process re-raises it
+    with the worker's whole traceback in the text)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

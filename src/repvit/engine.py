@@ -33,7 +33,7 @@ from .data import SkippingImageFolder, check_image_folder, collate_skipping, eva
 from .recipe import PER_RUN_KEYS, TrainRecipe
 
 __all__ = ["train", "evaluate", "evaluate_pair", "TrainResult", "ProcessContext", "setup_process", "resolve_device",
-           "build_eval_loader", "recipe_from_checkpoint"]
+           "build_eval_loader", "read_training_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,15 @@ def _all_reduce_sum(values: list[float], ctx: ProcessContext) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def sync_buffers(model: nn.Module, ctx: ProcessContext) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics), so that a sharded
+    evaluation measures exactly the model that rank 0 saves: each DDP process updates its own
+    statistics from its own batches during training."""
+    if ctx.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -249,13 +258,6 @@ def read_training_checkpoint(path) -> dict:
     if not isinstance(state, dict) or state.get("format") != "repvit-train":
         raise ValueError(f"--resume {path}: not a repvit training checkpoint (those are written by repvit train)")
     return state
-
-
-def recipe_from_checkpoint(path) -> dict:
-    """The recipe a training checkpoint was made with (to resume it with few or no options),
-    without the keys that only described that invocation (--resume, --stop-after-epochs)."""
-    recipe = dict(read_training_checkpoint(path)["recipe"])
-    return {k: v for k, v in recipe.items() if k not in PER_RUN_KEYS}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,6 +509,7 @@ def train(recipe: TrainRecipe) -> TrainResult:
             last = epoch + 1 == recipe.epochs
             if (epoch + 1) % recipe.eval_every == 0 or last:
                 # the unwrapped model: no DDP collectives in evaluation (a rank may get no batch)
+                sync_buffers(raw_model, ctx)
                 metrics = evaluate(raw_model, val_loader, ctx, amp_dtype, recipe.channels_last)
                 record.update({f"val_{k}": v for k, v in metrics.items() if k != "skipped"},
                               unreadable_val_images=metrics["skipped"])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["TrainRecipe", "load_recipe", "recipe_names", "RecipeError", "DEIT_REGNETY160_URL"]
+__all__ = ["Recipe", "TrainRecipe", "load_recipe", "recipe_names", "RecipeError", "DEIT_REGNETY160_URL", "option"]
 
 #: RegNetY-16GF teacher weights used by DeiT and RepViT (82.9% top-1).
 DEIT_REGNETY160_URL = "https://dl.fbaipublicfiles.com/deit/regnety_160-a5fe301d.pth"
@@ -30,36 +30,89 @@ class RecipeError(ValueError):
     """An unknown key, a value of the wrong type or out of range."""
 
 
-def _opt(default, help: str, group: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+def option(default, help: str, group: str, choices: tuple | None = None, check: str | None = None):
+    """A recipe field: its default, its help text and option group, and an optional check:
+    ``">0"``, ``">=0"`` or ``"0..1"``."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "check": check})
+
+
+_opt = option
+_CHECKS = {
+    ">0": (lambda v: v > 0, "must be > 0"),
+    ">=0": (lambda v: v >= 0, "must be >= 0"),
+    "0..1": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+}
 
 
 @dataclass
-class TrainRecipe:
+class Recipe:
+    """Shared machinery of the typed recipes: checking, loading YAML, saving."""
+
+    def validate(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            setattr(self, f.name, value)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise RecipeError(f"{f.name}: expected one of {', '.join(choices)}, got {value!r}")
+            check = f.metadata.get("check")
+            if check and value is not None and not _CHECKS[check][0](value):
+                raise RecipeError(f"{f.name} {_CHECKS[check][1]}, got {value}")
+        self._check()
+        return self
+
+    def _check(self) -> None:
+        """Rules across fields (subclasses)."""
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, config=None, **overrides):
+        """Defaults, updated by a YAML file or packaged recipe, then by ``overrides``; validated."""
+        values = _read_yaml(config) if config else {}
+        values.update(overrides)
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise RecipeError(f"unknown recipe key {key!r}{hint}")
+        return cls(**values).validate()
+
+
+@dataclass
+class TrainRecipe(Recipe):
     # ---- model
     model: str = _opt("repvit_m0_9", "model name (repvit models)", "model")
     num_classes: int | None = _opt(None, "classifier outputs; default: the number of class folders", "model")
     finetune: str | None = _opt(None, "initialise from a checkpoint (path, URL or registered name); the "
                                       "classifier is dropped when its classes differ", "model")
-    drop_rate: float = _opt(0.0, "dropout before the classifier", "model")
+    drop_rate: float = _opt(0.0, "dropout before the classifier", "model", check=">=0")
     # ---- data
     data: str | None = _opt(None, "ImageFolder root with train/ and val/ (one folder per class)", "data")
-    img_size: int = _opt(224, "training and evaluation resolution", "data")
-    batch_size: int = _opt(256, "images per process per step", "data")
-    workers: int = _opt(8, "data-loading worker processes per training process", "data")
+    img_size: int = _opt(224, "training and evaluation resolution", "data", check=">0")
+    batch_size: int = _opt(256, "images per process per step", "data", check=">0")
+    workers: int = _opt(8, "data-loading worker processes per training process", "data", check=">=0")
     crop_pct: float = _opt(0.875, "evaluation: resize to img_size / crop_pct, then center-crop", "data")
     interpolation: str = _opt("bicubic", "resize interpolation", "data", ("bicubic", "bilinear"))
     # ---- schedule
-    epochs: int = _opt(300, "training epochs (the paper also trains 450)", "schedule")
-    base_lr: float = _opt(1e-3, "learning rate per 512 images of global batch (lr = base_lr * batch / 512)", "schedule")
+    epochs: int = _opt(300, "training epochs (the paper also trains 450)", "schedule", check=">0")
+    base_lr: float = _opt(1e-3, "learning rate per 512 images of global batch (lr = base_lr * batch / 512)", "schedule", check=">0")
     lr: float | None = _opt(None, "absolute learning rate; overrides base_lr scaling", "schedule")
-    warmup_epochs: int = _opt(5, "linear warm-up epochs", "schedule")
-    warmup_lr: float = _opt(1e-6, "learning rate at the start of warm-up", "schedule")
-    min_lr: float = _opt(1e-5, "final learning rate of the cosine schedule", "schedule")
+    warmup_epochs: int = _opt(5, "linear warm-up epochs", "schedule", check=">=0")
+    warmup_lr: float = _opt(1e-6, "learning rate at the start of warm-up", "schedule", check=">=0")
+    min_lr: float = _opt(1e-5, "final learning rate of the cosine schedule", "schedule", check=">=0")
     sched_on_updates: bool = _opt(False, "step the schedule every update instead of every epoch", "schedule")
     # ---- optimizer
     opt: str = _opt("adamw", "timm optimizer name", "optimizer")
-    weight_decay: float = _opt(0.025, "weight decay (not applied to biases and norm weights)", "optimizer")
+    weight_decay: float = _opt(0.025, "weight decay (not applied to biases and norm weights)", "optimizer", check=">=0")
     opt_eps: float = _opt(1e-8, "optimizer epsilon", "optimizer")
     clip_grad: float | None = _opt(0.02, "gradient clipping value (none: off)", "optimizer")
     clip_mode: str = _opt("agc", "clipping: agc (adaptive, excludes the classifier), norm or value",
@@ -67,22 +120,22 @@ class TrainRecipe:
     # ---- augmentation and regularisation
     auto_augment: str | None = _opt("rand-m9-mstd0.5-inc1", "timm auto-augment policy (none: off)", "augmentation")
     color_jitter: float = _opt(0.4, "colour jitter (timm ignores it when auto_augment is set)", "augmentation")
-    hflip: float = _opt(0.5, "horizontal flip probability", "augmentation")
+    hflip: float = _opt(0.5, "horizontal flip probability", "augmentation", check="0..1")
     scale: tuple[float, float] = _opt((0.08, 1.0), "RandomResizedCrop area range", "augmentation")
     ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", "augmentation")
-    reprob: float = _opt(0.25, "random-erasing probability", "augmentation")
+    reprob: float = _opt(0.25, "random-erasing probability", "augmentation", check="0..1")
     remode: str = _opt("pixel", "random-erasing fill", "augmentation", ("pixel", "rand", "const"))
-    recount: int = _opt(1, "random-erasing count", "augmentation")
-    mixup: float = _opt(0.8, "mixup alpha (0: off)", "augmentation")
-    cutmix: float = _opt(1.0, "cutmix alpha (0: off)", "augmentation")
-    mixup_prob: float = _opt(1.0, "probability of mixup or cutmix per batch", "augmentation")
-    mixup_switch_prob: float = _opt(0.5, "probability of cutmix instead of mixup", "augmentation")
+    recount: int = _opt(1, "random-erasing count", "augmentation", check=">0")
+    mixup: float = _opt(0.8, "mixup alpha (0: off)", "augmentation", check=">=0")
+    cutmix: float = _opt(1.0, "cutmix alpha (0: off)", "augmentation", check=">=0")
+    mixup_prob: float = _opt(1.0, "probability of mixup or cutmix per batch", "augmentation", check="0..1")
+    mixup_switch_prob: float = _opt(0.5, "probability of cutmix instead of mixup", "augmentation", check="0..1")
     mixup_mode: str = _opt("batch", "mixup granularity", "augmentation", ("batch", "pair", "elem"))
-    smoothing: float = _opt(0.1, "label smoothing", "augmentation")
+    smoothing: float = _opt(0.1, "label smoothing", "augmentation", check="0..1")
     repeated_aug: bool = _opt(True, "repeated augmentation sampler (3 repeats, as DeiT)", "augmentation")
     # ---- EMA
     model_ema: bool = _opt(True, "keep an exponential moving average of the weights", "ema")
-    model_ema_decay: float = _opt(0.99996, "EMA decay", "ema")
+    model_ema_decay: float = _opt(0.99996, "EMA decay", "ema", check="0..1")
     ema_eval: bool = _opt(False, "also evaluate the EMA weights each epoch (the paper reports the raw model)", "ema")
     # ---- distillation
     distillation: str = _opt("hard", "none, soft or hard (DeiT-style, with a distillation head)", "distillation",
@@ -90,7 +143,7 @@ class TrainRecipe:
     teacher: str = _opt("regnety_160", "teacher: a timm or repvit model name", "distillation")
     teacher_weights: str | None = _opt(DEIT_REGNETY160_URL, "teacher checkpoint (path, URL or registered name)",
                                        "distillation")
-    distillation_alpha: float = _opt(0.5, "weight of the distillation term", "distillation")
+    distillation_alpha: float = _opt(0.5, "weight of the distillation term", "distillation", check="0..1")
     distillation_tau: float = _opt(1.0, "soft distillation temperature", "distillation")
     # ---- runtime
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N", "runtime")
@@ -106,28 +159,10 @@ class TrainRecipe:
     output: str = _opt("runs/train", "folder for checkpoints, recipe.yaml and metrics.jsonl", "output")
     resume: str | None = _opt(None, "continue a run: a checkpoint path, or 'auto' (OUTPUT/checkpoint-last.pth)", "output")
     stop_after_epochs: int | None = _opt(None, "stop this process after N epochs (resume later with --resume)", "output")
-    eval_every: int = _opt(1, "evaluate every N epochs (and always after the last)", "output")
+    eval_every: int = _opt(1, "evaluate every N epochs (and always after the last)", "output", check=">0")
 
     # ------------------------------------------------------------------------------------------
-    def validate(self) -> "TrainRecipe":
-        hints = typing.get_type_hints(TrainRecipe)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            setattr(self, f.name, _coerce(f.name, value, hints[f.name]))
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise RecipeError(f"{f.name}: expected one of {', '.join(choices)}, got {value!r}")
-        positive = ("img_size", "batch_size", "epochs", "base_lr", "recount", "eval_every")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise RecipeError(f"{name} must be > 0, got {getattr(self, name)}")
-        non_negative = ("workers", "warmup_epochs", "warmup_lr", "min_lr", "weight_decay", "drop_rate", "mixup", "cutmix", "smoothing")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise RecipeError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "smoothing", "distillation_alpha", "model_ema_decay"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise RecipeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+    def _check(self) -> None:
         if not 0 < self.crop_pct <= 1:
             raise RecipeError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.img_size < 32:
@@ -143,14 +178,6 @@ class TrainRecipe:
         if self.num_classes is not None and self.num_classes < 1:
             raise RecipeError(f"num_classes must be >= 1, got {self.num_classes}")
         return self
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def save(self, path) -> Path:
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
 
     @property
     def mixup_active(self) -> bool:
@@ -228,13 +255,5 @@ PER_RUN_KEYS = ("resume", "stop_after_epochs")
 
 
 def load_recipe(config=None, **overrides) -> TrainRecipe:
-    """Defaults, updated by a YAML file or packaged recipe, then by ``overrides``; validated."""
-    values = _read_yaml(config) if config else {}
-    values.update({k: v for k, v in overrides.items()})
-    known = {f.name for f in fields(TrainRecipe)}
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise RecipeError(f"unknown recipe key {key!r}{hint}")
-    return TrainRecipe(**values).validate()
+    """The classification training recipe: defaults < ``config`` (YAML path or packaged name) < overrides."""
+    return TrainRecipe.load(config, **overrides)
