@@ -9,7 +9,7 @@ and mIoU far above chance, and measure what reparameterization buys a dense back
    reparameterized, eager PyTorch, interleaved in one run.
 
 Usage:  .venv/bin/python benchmarks/dense_quality.py [--model repvit_m0_9] [--out runs/dense_quality]
-        [--seg-iters 400] [--det-epochs 12] [--skip-train]
+        [--seg-iters 400] [--det-epochs 12] [--tasks segment,detect]
 Prints a markdown summary and writes it to OUT/summary.md (the README quotes it).
 """
 
@@ -51,12 +51,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/dense_quality")
     parser.add_argument("--seg-iters", type=int, default=400)
     parser.add_argument("--det-epochs", type=int, default=12)
-    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--tasks", default="segment,detect", help="which to train: segment, detect (or none)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     lines = [f"Backbone {args.model}, {torch.get_num_threads()} threads, torch {torch.__version__}", ""]
-    if not args.skip_train:
+    tasks = {t.strip() for t in args.tasks.split(",")}
+    if "segment" in tasks:
         start = time.perf_counter()
         seg_data = make_shapes_segmentation(out / "seg_data", n_train=160, n_val=40, size=128)
         seg = train_segmenter(SegmentRecipe.load(
@@ -68,6 +69,7 @@ def main() -> None:
         lines.append(f"Semantic FPN, {args.seg_iters} iterations x 8 images (128 px crops) in {seg_time / 60:.1f} min: "
                      f"mIoU {best['mIoU']:.1f}, mAcc {best['mAcc']:.1f}, aAcc {best['aAcc']:.1f} "
                      f"(per class IoU {best['per_class_IoU']}; chance mIoU ~25)")
+    if "detect" in tasks:
         start = time.perf_counter()
         det_data = make_shapes_coco(out / "det_data", n_train=160, n_val=40, size=128)
         det = train_detector(DetectRecipe.load(

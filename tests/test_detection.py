@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,8 +36,30 @@ def test_trains_and_reports_coco_ap(shapes, tmp_path):
         assert f"train_{part}" in logged[0]
     best = result["best"]
     for kind in ("bbox", "segm"):
-        for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        for name in ("AP", "AP50", "AP75", "APs", "APm"):
             assert 0 <= best[f"{kind}_{name}"] <= 100
+        assert best[f"{kind}_APl"] is None  # no large objects in 96-pixel images: not a score of 0
+
+
+def test_mask_size_ranges_use_the_mask_area(shapes):
+    # a thin diagonal mask has a large box but a small area: COCO bins it as small for segm
+    from pycocotools import mask as coco_mask
+
+    data = json.loads((shapes / "annotations" / "instances_val2017.json").read_text())
+    image = data["images"][0]
+    diagonal = np.zeros((image["height"], image["width"]), dtype=np.uint8)
+    for i in range(90):
+        diagonal[i, i] = 1
+    rle = coco_mask.encode(np.asfortranarray(diagonal))
+    rle["counts"] = rle["counts"].decode("ascii")
+    truth = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
+              "segmentation": coco_mask.frPyObjects(a["segmentation"], image["height"], image["width"])[0]}
+             for a in data["annotations"]]
+    for t in truth:
+        t["segmentation"]["counts"] = t["segmentation"]["counts"].decode("ascii")
+    wrong = {"image_id": image["id"], "category_id": 1, "bbox": [0, 0, 90, 90], "score": 0.5, "segmentation": rle}
+    metrics = coco_evaluate(shapes / "annotations" / "instances_val2017.json", truth + [wrong], ("segm",))
+    assert metrics["segm_APm"] == pytest.approx(100.0)  # the false positive is small, not medium
 
 
 def test_coco_evaluation_of_perfect_detections(shapes):
@@ -109,6 +132,8 @@ def test_retinanet_builds_and_trains_a_step(shapes):
     ("category", "has category_id 7, not one of the categories"),
     ("image_ref", "refers to unknown image 999"),
     ("missing_file", r"00001\.png: image missing on disk \(1 of 8"),
+    ("polygon", r"annotation 1 \(image 1\): a polygon must be a flat list of at least 3 x, y pairs"),
+    ("no_segmentation", r"annotation 1 \(image 1\): empty segmentation"),
 ])
 def test_bad_annotations_name_the_file(shapes, tmp_path, corruption, message, capsys):
     import shutil
@@ -126,6 +151,9 @@ def test_bad_annotations_name_the_file(shapes, tmp_path, corruption, message, ca
         ann.write_text(json.dumps(data))
     elif corruption == "image_ref":
         data["annotations"][0]["image_id"] = 999
+        ann.write_text(json.dumps(data))
+    elif corruption in ("polygon", "no_segmentation"):
+        data["annotations"][0]["segmentation"] = [[1, 1, 10, 10]] if corruption == "polygon" else []
         ann.write_text(json.dumps(data))
     else:
         (root / "train2017" / "00001.png").unlink()

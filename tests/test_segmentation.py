@@ -42,12 +42,35 @@ def test_trains_and_reports_miou(shapes, tmp_path):
 
 
 def test_metrics_from_a_confusion_matrix():
-    confusion = torch.tensor([[8.0, 2.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, 0.0]])  # class 2 absent from labels
+    # rows: ground truth, columns: prediction; class 2 never labelled, class 3 absent entirely
+    confusion = torch.tensor([[8.0, 2.0, 0.0, 0.0], [1.0, 3.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     m = segmentation_metrics(confusion)
-    assert m["aAcc"] == pytest.approx(100 * 11 / 14)
-    assert m["mIoU"] == pytest.approx(100 * (8 / 11 + 3 / 6) / 2)
-    assert m["mAcc"] == pytest.approx(100 * (8 / 10 + 3 / 4) / 2)
-    assert m["per_class_IoU"][2] is None
+    assert m["aAcc"] == pytest.approx(100 * 11 / 16)
+    # a class that is only predicted counts as IoU 0 (as MMSegmentation); one never seen is skipped
+    assert m["mIoU"] == pytest.approx(100 * (8 / 11 + 3 / 8 + 0) / 3)
+    assert m["mAcc"] == pytest.approx(100 * (8 / 10 + 3 / 6) / 2)
+    assert m["per_class_IoU"][2] == 0 and m["per_class_IoU"][3] is None
+
+
+def test_training_crops_keep_labels_on_their_pixels(tmp_path):
+    # An image narrower than the crop, flipped: the padding must stay ignored and every real pixel
+    # must keep its class, on the flipped side.
+    from repvit.segmentation import SegmentationFolder
+
+    root = tmp_path / "d"
+    for split in ("training", "validation"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        Image.new("RGB", (40, 64), (200, 10, 10)).save(root / "images" / split / "a.png")
+        label = np.full((64, 40), 3, dtype=np.uint8)
+        label[:, :10] = 2  # the left quarter is another class
+        Image.fromarray(label).save(root / "annotations" / split / "a.png")
+    recipe = SegmentRecipe.load(None, data=str(root), num_classes=4, crop_size=64, scale=(64, 40), ratio_range=(1, 1),
+                                flip=1.0, photometric=False)
+    _, target, _ = SegmentationFolder(root, "training", recipe, True)[0]
+    assert target.shape == (64, 64)
+    row = target[10].tolist()  # reduce_zero_label: 3 -> 2, 2 -> 1; flipped: class 1 now on the right
+    assert row == [2] * 30 + [1] * 10 + [255] * 24
 
 
 def test_resume_is_exact(shapes, tmp_path):

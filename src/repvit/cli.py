@@ -211,8 +211,9 @@ def cmd_segment(args) -> int:
         result = train_segmenter(recipe)
         if os.environ.get("RANK", "0") == "0":
             best = result["best"]
-            print(f"best mIoU {best['mIoU']:.2f} (mAcc {best.get('mAcc', 0):.2f}, aAcc {best.get('aAcc', 0):.2f}) at "
-                  f"iteration {best['iter']}; checkpoints in {result['output']}")
+            print(f"best mIoU {best['mIoU']:.2f} (mAcc {best['mAcc']:.2f}, aAcc {best['aAcc']:.2f}) at iteration "
+                  f"{best['iter']}; checkpoints in {result['output']}" if best["iter"] else
+                  f"stopped at iteration {result['iter']} before any evaluation; checkpoints in {result['output']}")
         return 0
     if args.action == "val":
         from .engine import ProcessContext, resolve_device
@@ -257,7 +258,8 @@ def cmd_detect(args) -> int:
         if os.environ.get("RANK", "0") == "0":
             best = result["best"]
             print(f"best box AP {best['bbox_AP']:.2f}" + (f", mask AP {best['segm_AP']:.2f}" if "segm_AP" in best else "")
-                  + f" at iteration {best['iter']}; checkpoints in {result['output']}")
+                  + f" at iteration {best['iter']}; checkpoints in {result['output']}" if best["iter"] else
+                  f"stopped at iteration {result['iter']} before any evaluation; checkpoints in {result['output']}")
         return 0
     if args.action == "val":
         from .engine import ProcessContext, resolve_device
@@ -277,7 +279,7 @@ def cmd_detect(args) -> int:
         else:
             for kind in ("bbox", "segm"):
                 if f"{kind}_AP" in metrics:
-                    print(f"{kind}: " + "  ".join(f"{k.split('_', 1)[1]} {v:.2f}" for k, v in metrics.items()
+                    print(f"{kind}: " + "  ".join(f"{k.split('_', 1)[1]} {_fmt(v)}" for k, v in metrics.items()
                                                   if k.startswith(kind)))
         return 0
     for path in predict_detections(args.weights, args.images, args.out, device=args.device, score_thresh=args.score):

@@ -175,7 +175,11 @@ def train_dense(task: DenseTask, recipe) -> dict:
             if state["model_name"] != recipe.model or state["num_classes"] != len(class_names):
                 raise ValueError(f"--resume {resume}: the checkpoint is {state['model_name']} with "
                                  f"{state['num_classes']} classes, this run {recipe.model} with {len(class_names)}")
-            raw_model.load_state_dict(state["state_dict"])
+            try:
+                raw_model.load_state_dict(state["state_dict"])
+            except RuntimeError as err:  # e.g. another --detector or head width than the checkpoint's
+                first = str(err).strip().splitlines()[0][:200]
+                raise ValueError(f"--resume {resume}: the checkpoint's model differs from this run's ({first})") from None
             optimizer.load_state_dict(state["optimizer"])
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
@@ -238,17 +242,18 @@ def train_dense(task: DenseTask, recipe) -> dict:
             it += 1
             run_iters += 1
             window.append({"loss": loss.item(), **{k: float(v) for k, v in parts.items()}})
-            if ctx.is_main and (it % recipe.log_interval == 0 or it == total):
-                mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                elapsed = time.perf_counter() - window_start
-                record = {"iter": it, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                          "images_per_s": len(window) * recipe.batch_size * ctx.world_size / elapsed,
-                          **{f"train_{k}": v for k, v in mean.items()}}
-                history.append(record)
-                with open(output / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                log.info("iter %d/%d  loss %.4f  lr %.2e  %.1f img/s", it, total, mean["loss"], record["lr"],
-                         record["images_per_s"])
+            if it % recipe.log_interval == 0 or it == total:
+                if ctx.is_main:  # only rank 0 reports; every rank starts a new window
+                    mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                    elapsed = time.perf_counter() - window_start
+                    record = {"iter": it, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                              "images_per_s": len(window) * recipe.batch_size * ctx.world_size / elapsed,
+                              **{f"train_{k}": v for k, v in mean.items()}}
+                    history.append(record)
+                    with open(output / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    log.info("iter %d/%d  loss %.4f  lr %.2e  %.1f img/s", it, total, mean["loss"], record["lr"],
+                             record["images_per_s"])
                 window, window_start = [], time.perf_counter()
 
             stopping = recipe.stop_after_iters is not None and run_iters >= recipe.stop_after_iters

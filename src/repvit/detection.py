@@ -129,6 +129,24 @@ def _read_coco(path: Path) -> dict:
     return data
 
 
+def _segmentation_problem(segmentation, image: dict) -> str | None:
+    """Why a COCO segmentation cannot become a mask (None when it can)."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return "empty segmentation (Mask R-CNN needs one per object; use --detector faster_rcnn)"
+        for polygon in segmentation:
+            if (not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2
+                    or not all(isinstance(v, (int, float)) for v in polygon)):
+                return "a polygon must be a flat list of at least 3 x, y pairs"
+        return None
+    if isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        if "counts" not in segmentation or size != [image.get("height"), image.get("width")]:
+            return f"RLE needs 'counts' and size [height, width] = {[image.get('height'), image.get('width')]}"
+        return None
+    return "no segmentation (Mask R-CNN needs one per object; use --detector faster_rcnn)"
+
+
 class CocoDataset(Dataset):
     """COCO-format instances, checked when opened: malformed json, annotations pointing at unknown
     images or categories, and images missing on disk are one-line errors naming the file."""
@@ -164,7 +182,12 @@ class CocoDataset(Dataset):
                                    f"categories {self.cat_ids}")
             if ann.get("iscrowd", 0) or w < 1 or h < 1:
                 continue  # crowd regions and degenerate boxes are not training targets (COCOeval still sees them)
-            per_image[image_id].append((label_of[cat], (x, y, x + w, y + h), ann.get("segmentation")))
+            segmentation = ann.get("segmentation")
+            if masks:
+                problem = _segmentation_problem(segmentation, images[image_id])
+                if problem:
+                    raise DatasetError(f"{self.ann_file}: annotation {ann.get('id')} (image {image_id}): {problem}")
+            per_image[image_id].append((label_of[cat], (x, y, x + w, y + h), segmentation))
         missing = [im["file_name"] for im in images.values() if not (self.images_dir / im["file_name"]).is_file()]
         if missing:
             raise DatasetError(f"{self.images_dir / missing[0]}: image missing on disk ({len(missing)} of "
@@ -200,15 +223,12 @@ class CocoDataset(Dataset):
                   "image_id": image_id}
         if self.masks:
             masks = []
-            for _, _, segmentation in objects:
+            for _, _, segmentation in objects:  # checked when the file was opened
                 if isinstance(segmentation, list):  # polygons
                     rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, h, w))
-                elif isinstance(segmentation, dict):  # RLE
-                    rle = coco_mask.frPyObjects(segmentation, h, w) if isinstance(segmentation.get("counts"), list) \
+                else:  # RLE, uncompressed (list counts) or compressed
+                    rle = coco_mask.frPyObjects(segmentation, h, w) if isinstance(segmentation["counts"], list) \
                         else segmentation
-                else:
-                    raise DatasetError(f"{self.ann_file}: image {image_id} has an object without a segmentation "
-                                       "(needed for Mask R-CNN; use --detector faster_rcnn)")
                 masks.append(torch.from_numpy(coco_mask.decode(rle)))
             target["masks"] = torch.stack(masks) if masks else torch.zeros((0, h, w), dtype=torch.uint8)
         tensor = TF.to_tensor(image)  # 0..1; the detector normalises and resizes
@@ -226,7 +246,8 @@ class CocoDataset(Dataset):
 
 
 def coco_evaluate(ann_file: Path, detections: list[dict], iou_types: tuple[str, ...]) -> dict:
-    """COCO AP (%) with pycocotools; an empty detection list scores 0."""
+    """COCO AP (%) with pycocotools; an empty detection list scores 0, a size range without any
+    ground-truth object is None."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -235,15 +256,23 @@ def coco_evaluate(ann_file: Path, detections: list[dict], iou_types: tuple[str, 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its whole summary
         gt = COCO(str(ann_file))
         for iou_type in iou_types:
-            results = [d for d in detections if iou_type == "bbox" or "segmentation" in d]
-            if not results:
-                metrics.update({f"{iou_type}_{n}": 0.0 for n in names})
+            if iou_type == "segm":  # with a bbox, loadRes would size-bin masks by their box area
+                results = [{k: v for k, v in d.items() if k != "bbox"} for d in detections if "segmentation" in d]
+            else:
+                results = [{k: v for k, v in d.items() if k != "segmentation"} for d in detections]
+            if not results:  # pycocotools cannot load an empty result list: nothing found scores 0
+                areas = [a["area"] for a in gt.dataset["annotations"] if not a.get("iscrowd", 0)]
+                ranges = {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, float("inf"))}
+                metrics.update({f"{iou_type}_{n}": (0.0 if areas else None) if n not in ranges else
+                                (0.0 if any(ranges[n][0] <= a < ranges[n][1] for a in areas) else None) for n in names})
                 continue
             evaluator = COCOeval(gt, gt.loadRes(results), iou_type)
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-            metrics.update({f"{iou_type}_{n}": 100 * float(max(v, 0.0)) for n, v in zip(names, evaluator.stats[:6])})
+            # -1: no ground truth in that size range (e.g. no large objects): not a score
+            metrics.update({f"{iou_type}_{n}": None if v < 0 else 100 * float(v)
+                            for n, v in zip(names, evaluator.stats[:6])})
     return metrics
 
 
@@ -286,6 +315,8 @@ class DetectionTask:
                 boxes = out["boxes"].cpu()
                 boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
                 for k in range(len(boxes)):
+                    if int(out["labels"][k]) == 0:  # never a target: only RetinaNet can emit it
+                        continue
                     det = {"image_id": target["image_id"], "category_id": self.val.cat_ids[int(out["labels"][k]) - 1],
                            "bbox": [round(float(v), 2) for v in boxes[k]], "score": float(out["scores"][k])}
                     if "masks" in out:
@@ -350,7 +381,7 @@ def predict_detections(checkpoint, images, out_dir, device: str = "cpu", score_t
         image = TF.to_tensor(load_image(path))
         with torch.no_grad():
             out = model([image.to(device)])[0]
-        keep = out["scores"].cpu() >= score_thresh
+        keep = (out["scores"].cpu() >= score_thresh) & (out["labels"].cpu() > 0)
         canvas = (image * 255).to(torch.uint8)
         if "masks" in out and keep.any():
             canvas = draw_segmentation_masks(canvas, out["masks"].cpu()[keep, 0] > 0.5, alpha=0.45)

@@ -251,7 +251,7 @@ def _read_yaml(config) -> dict:
 
 
 #: Keys that describe one invocation, not the recipe: a resumed run does not inherit them.
-PER_RUN_KEYS = ("resume", "stop_after_epochs")
+PER_RUN_KEYS = ("resume", "stop_after_epochs", "stop_after_iters")
 
 
 def load_recipe(config=None, **overrides) -> TrainRecipe:

@@ -174,28 +174,33 @@ class SegmentationFolder(Dataset):
     def __getitem__(self, index: int):
         image_path, label_path = self.samples[index]
         image = Image.open(image_path).convert("RGB")
-        label = Image.fromarray(self._labels(label_path).astype(np.uint8))
+        labels = self._labels(label_path)
         r = self.recipe
         if not self.train:
             image = image.resize(_fit_scale(image.size, r.scale), Image.BILINEAR)
-            return _normalize(image), torch.from_numpy(np.array(label, dtype=np.int64)), str(image_path)
+            return _normalize(image), torch.from_numpy(labels), str(image_path)
+        # MMSegmentation's order: rescale, random crop, flip, photometric, normalise, pad (label: ignore)
         g = sample_generator(r.seed, self.epoch, index)
         uniform = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=g))  # noqa: E731
         ratio = uniform(*r.ratio_range)
-        size = _fit_scale(image.size, (r.scale[0] * ratio, r.scale[1] * ratio))
-        image, label = image.resize(size, Image.BILINEAR), label.resize(size, Image.NEAREST)
+        w, h = _fit_scale(image.size, (r.scale[0] * ratio, r.scale[1] * ratio))
+        image = image.resize((w, h), Image.BILINEAR)
+        labels = np.array(Image.fromarray(labels.astype(np.int32)).resize((w, h), Image.NEAREST), dtype=np.int64)
         crop = r.crop_size
-        left = int(torch.randint(0, max(1, size[0] - crop + 1), (), generator=g))
-        top = int(torch.randint(0, max(1, size[1] - crop + 1), (), generator=g))
-        image, label = image.crop((left, top, left + crop, top + crop)), label.crop((left, top, left + crop, top + crop))
+        left = int(torch.randint(0, max(1, w - crop + 1), (), generator=g))
+        top = int(torch.randint(0, max(1, h - crop + 1), (), generator=g))
+        right, bottom = min(w, left + crop), min(h, top + crop)
+        image, labels = image.crop((left, top, right, bottom)), labels[top:bottom, left:right]
         if uniform(0, 1) < r.flip:
-            image, label = TF.hflip(image), TF.hflip(label)
+            image, labels = TF.hflip(image), labels[:, ::-1]
         if r.photometric:
             image = _photometric(image, g, uniform)
-        valid = np.zeros((crop, crop), dtype=bool)  # PIL pads a crop beyond the image with 0
-        valid[: max(0, min(crop, size[1] - top)), : max(0, min(crop, size[0] - left))] = True
-        target = torch.from_numpy(np.where(valid, np.array(label, dtype=np.int64), r.ignore_index))
-        return _normalize(image), target, str(image_path)
+        pixels = _normalize(image)
+        padded = pixels.new_zeros((3, crop, crop))
+        padded[:, : pixels.shape[1], : pixels.shape[2]] = pixels
+        target = torch.full((crop, crop), r.ignore_index, dtype=torch.int64)
+        target[: labels.shape[0], : labels.shape[1]] = torch.from_numpy(np.ascontiguousarray(labels))
+        return padded, target, str(image_path)
 
 
 def _photometric(image: Image.Image, g: torch.Generator, uniform) -> Image.Image:
@@ -240,17 +245,17 @@ def infer(model: nn.Module, image: torch.Tensor, recipe: SegmentRecipe, out_size
 
 
 def segmentation_metrics(confusion: torch.Tensor) -> dict:
-    """mIoU, mAcc (mean over classes present in the ground truth) and aAcc, in %, from a
-    (ground truth x prediction) confusion matrix."""
+    """mIoU (over classes in the ground truth or the prediction), mAcc (over classes in the
+    ground truth) and aAcc, in %, from a (ground truth x prediction) confusion matrix."""
     confusion = confusion.double()
     tp = confusion.diag()
     gt, pred = confusion.sum(1), confusion.sum(0)
-    present = gt > 0
-    iou = tp / (gt + pred - tp)
-    acc = tp / gt
-    return {"mIoU": 100 * float(iou[present].mean()), "mAcc": 100 * float(acc[present].mean()),
+    union = gt + pred - tp
+    seen, labelled = union > 0, gt > 0  # a class only predicted counts as IoU 0, as MMSegmentation
+    iou, acc = tp / union, tp / gt
+    return {"mIoU": 100 * float(iou[seen].mean()), "mAcc": 100 * float(acc[labelled].mean()),
             "aAcc": 100 * float(tp.sum() / confusion.sum()),
-            "per_class_IoU": [None if not p else round(100 * float(v), 3) for v, p in zip(iou, present)]}
+            "per_class_IoU": [None if not p else round(100 * float(v), 3) for v, p in zip(iou, seen)]}
 
 
 class SegmentationTask:
