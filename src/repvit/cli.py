@@ -27,6 +27,8 @@ EXAMPLES = """examples:
   repvit predict cat.jpg --model repvit_m0_9 --weights repvit_m0_9.dist_450e
   repvit predict a.png b.png --model repvit_m1_1 --weights ./my_checkpoint.safetensors --topk 3
   repvit export repvit_m0_9 --format onnx executorch coreml --out exports/
+  repvit export repvit_m0_9 --weights best.pth --format executorch --int8 --calib ./flowers   int8 (PT2E, XNNPACK)
+  repvit quantize-eval repvit_m0_9 --weights best.pth --data ./flowers   top-1 of fp32 vs int8 per runtime
   repvit bench --models repvit_m0_9,timm:repvit_m0_9,mobilenetv3_large_100 --runtimes eager,executorch
   repvit bench --models repvit --train-structure --runtimes eager --json train_vs_deployed.json
   repvit bench --device cuda --batch 256 --amp        GPU throughput (images/s)
@@ -122,7 +124,8 @@ def cmd_export(args) -> int:
 
     results = export(args.model, args.format, weights=args.weights, img_size=args.img_size, batch=args.batch,
                      out_dir=args.out, dynamic_batch=args.dynamic_batch, image_input=args.image_input,
-                     coreml_precision=args.coreml_precision)
+                     coreml_precision=args.coreml_precision, int8=args.int8, calib=args.calib,
+                     calib_images=args.calib_images, crop_pct=args.crop_pct)
     if args.json:
         print(json.dumps([vars(r) for r in results], indent=2))
     else:
@@ -335,6 +338,18 @@ def cmd_val(args) -> int:
     return 0
 
 
+def cmd_quantize_eval(args) -> int:
+    from .quantize import format_quantize_eval, quantize_eval
+
+    if args.calib_images < 1 or (args.val_images is not None and args.val_images < 1):
+        raise ValueError("--calib-images and --val-images must be >= 1")
+    report = quantize_eval(args.model, args.data, weights=args.weights, formats=args.formats,
+                           img_size=args.img_size, crop_pct=args.crop_pct, calib_images=args.calib_images,
+                           val_images=args.val_images, out_dir=args.out)
+    print(json.dumps(report, indent=2) if args.json else format_quantize_eval(report))
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from .quickstart import run_quickstart
 
@@ -462,8 +477,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-input", action="store_true",
                    help="Core ML: take an RGB image (0..255) with the normalisation built in")
     p.add_argument("--coreml-precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--int8", action="store_true",
+                   help="post-training int8 quantization (executorch: PT2E/XNNPACK, onnx: ORT static QDQ)")
+    p.add_argument("--calib", default=None, metavar="DATA",
+                   help="calibration images for --int8: an ImageFolder root (its train/ split) or 'digits'")
+    p.add_argument("--calib-images", type=int, default=512, help="how many calibration images (default 512)")
+    p.add_argument("--crop-pct", type=float, default=0.875,
+                   help="--int8 calibration images: resize to img-size / crop-pct, then center-crop")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("quantize-eval", help="top-1 of fp32 vs int8 on a val set, per runtime",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--weights", required=True, metavar="SRC", help="checkpoint path, URL or registered name")
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="ImageFolder root with train/ (calibration) and val/ (top-1), or 'digits'")
+    p.add_argument("--formats", nargs="+", default=["executorch", "onnx"], help="executorch, onnx (default both)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--crop-pct", type=float, default=0.875, help="resize to img-size / crop-pct, then center-crop")
+    p.add_argument("--calib-images", type=int, default=512, help="calibration images from train/ (default 512)")
+    p.add_argument("--val-images", type=int, default=None, help="evaluate on a fixed random subset of val/ (default all)")
+    p.add_argument("--out", default=None, metavar="DIR", help="keep the fp32 and int8 artifacts here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize_eval)
 
     p = commands.add_parser("bench", help="latency (or GPU throughput) of RepViT and peers, side by side",
                             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -284,13 +284,48 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0][:240]}" if lines else type(err).__name__
 
 
+#: An int8 artifact passes when its outputs keep this mean cosine similarity to fp32 on real images.
+INT8_MIN_COSINE = 0.98
+
+
+def _export_int8(fmt: ExportFormat, model: nn.Module, path: Path, calibration: list[torch.Tensor],
+                 held_out: list[torch.Tensor]) -> ExportResult:
+    from .quantize import INT8_FORMATS, evaluate_artifact, export_executorch_int8, export_onnx_int8
+
+    if fmt.name not in INT8_FORMATS:
+        return ExportResult(f"{fmt.name} int8", "unavailable", parity="not run",
+                            detail=f"int8 is available for {', '.join(INT8_FORMATS)}")
+    result, start = ExportResult(f"{fmt.name} int8", "ok", str(path)), time.perf_counter()
+    try:
+        exporter = export_onnx_int8 if fmt.name == "onnx" else export_executorch_int8
+        result.detail = exporter(model, calibration[0], path, calibration)
+    except Exception as err:
+        return ExportResult(result.format, "export failed", parity="not run", detail=_first_line(err),
+                            export_seconds=time.perf_counter() - start)
+    result.export_seconds, result.size_mb = time.perf_counter() - start, _size_mb(path)
+    try:  # real held-out images: random inputs say little about int8 accuracy
+        run = load_onnx(path) if fmt.name == "onnx" else load_executorch(path)
+        stats = evaluate_artifact(run, held_out, model)
+    except Exception as err:
+        result.status, result.parity = "parity failed", f"could not run: {_first_line(err)}"
+        return result
+    result.max_abs_diff = stats["max_abs_diff"]
+    result.parity = (f"top-1 agreement {stats['agreement']:.1f}%, cosine {stats['cosine']:.4f}, max abs diff "
+                     f"{stats['max_abs_diff']:.2f} on {stats['images']} held-out images vs fp32")
+    if stats["cosine"] < INT8_MIN_COSINE:
+        result.status = "parity failed"
+    return result
+
+
 def _export_one(fmt: ExportFormat, model: nn.Module, example: torch.Tensor, reference: torch.Tensor,
-                path: Path, options: dict, tolerance: float) -> ExportResult:
+                path: Path, options: dict, tolerance: float, calibration=None) -> ExportResult:
     result = ExportResult(fmt.name, "ok", str(path))
     missing = _missing(fmt.requires)
     if missing:
         return ExportResult(fmt.name, "unavailable", parity="not run",
                             detail=f"missing package {', '.join(missing)}: pip install 'repvit[export]'")
+    if calibration is not None:
+        return _export_int8(fmt, model, path, *calibration)
     start = time.perf_counter()
     try:
         if fmt.name == "onnx":
@@ -344,17 +379,26 @@ def export(
     coreml_precision: str = "fp32",
     tolerance: float = 1e-4,
     seed: int = 0,
+    int8: bool = False,
+    calib=None,
+    calib_images: int = 512,
+    crop_pct: float = 0.875,
 ) -> list[ExportResult]:
     """Reparameterize ``model`` (a registered name or a module) and export it to each format.
 
     Every artifact is reloaded in its runtime and compared with the PyTorch output on the same
     input; a JSON file of metadata (input, preprocessing, parity, versions) is written next to it.
+    ``int8`` quantizes after reparameterization, calibrating on ``calib_images`` real images from
+    ``calib`` (an ImageFolder root or ``"digits"``), and compares with fp32 on those images.
     """
     from .models import create_model, get_variant
 
     names = check_formats(formats)
     if img_size < 32 or batch < 1:
         raise ExportError(f"--img-size must be >= 32 and --batch >= 1, got {img_size} and {batch}")
+    if int8 and (calib is None or batch != 1):
+        raise ExportError("--int8 needs --calib DATA (an ImageFolder root or 'digits': real images to calibrate "
+                          "on) and --batch 1")
     if isinstance(model, str):
         get_variant(model)
         name = model
@@ -371,12 +415,18 @@ def export(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     options = dict(dynamic_batch=dynamic_batch, image_input=image_input, coreml_precision=coreml_precision)
+    calibration = None
+    if int8:
+        from .quantize import calibration_images, held_out_images
+
+        calibration = (calibration_images(calib, img_size, calib_images, crop_pct=crop_pct),
+                       held_out_images(calib, img_size, crop_pct=crop_pct))
     results = []
     for fmt_name in names:
         fmt = FORMATS[fmt_name]
-        path = out / f"{name}{fmt.suffix}"
+        path = out / f"{name}{'_int8' if int8 else ''}{fmt.suffix}"
         with torch.no_grad():
-            result = _export_one(fmt, net, example, reference, path, options, tolerance)
+            result = _export_one(fmt, net, example, reference, path, options, tolerance, calibration)
         results.append(result)
         if result.status in ("ok", "parity failed"):
             _write_metadata(path, name, weights, result, example, image_input, fmt_name)

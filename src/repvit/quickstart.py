@@ -13,7 +13,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .bench import machine_info
@@ -21,6 +20,7 @@ from .data import make_digits_image_folder
 from .engine import build_eval_loader, evaluate_pair, train
 from .export import export, load_executorch, load_onnx
 from .models import create_model
+from .quantize import evaluate_artifact
 from .recipe import load_recipe
 from .reparam import reparameterize
 
@@ -29,19 +29,13 @@ __all__ = ["run_quickstart"]
 
 def _runtime_accuracy(run, loader, reference: torch.nn.Module) -> dict:
     """Top-1 of an exported artifact on the val images, and its agreement with PyTorch."""
-    hits = agree = n = 0
-    max_diff = 0.0
-    with torch.no_grad():
-        for images, targets, _ in loader:
-            for image, target in zip(images, targets):  # exported programs have a fixed batch of 1
-                x = image[None]
-                out = torch.from_numpy(np.asarray(run(x), dtype=np.float32)).reshape(1, -1)
-                ref = reference(x).float()
-                hits += int(out.argmax() == target)
-                agree += int(out.argmax() == ref.argmax())
-                max_diff = max(max_diff, float((out - ref).abs().max()))
-                n += 1
-    return {"top1": 100 * hits / n, "agreement": 100 * agree / n, "max_abs_logit_diff": max_diff, "n": n}
+    images, labels = [], []
+    for batch, targets, _ in loader:  # exported programs have a fixed batch of 1
+        images += [image[None] for image in batch]
+        labels += [int(t) for t in targets]
+    stats = evaluate_artifact(run, images, reference, labels)
+    return {"top1": stats["top1"], "agreement": stats["agreement"], "max_abs_logit_diff": stats["max_abs_diff"],
+            "n": stats["images"]}
 
 
 def _plot(history: list[dict], path: Path) -> Path:

@@ -1,0 +1,96 @@
+"""int8 post-training quantization: accuracy against fp32 on held-out images, the CLI, failures."""
+
+import json
+
+import pytest
+import torch
+
+import repvit
+from repvit import export as export_mod
+from repvit.cli import main
+from repvit.data import DatasetError
+from repvit.engine import train
+from repvit.export import ExportError, export
+from repvit.quantize import image_samples, quantize_eval
+from repvit.recipe import load_recipe
+
+pytestmark = pytest.mark.quantize
+
+
+@pytest.fixture(scope="module")
+def trained(digits_root, tmp_path_factory):
+    """A small RepViT trained on the digits for a few epochs: int8 is judged on a real model."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("trained")
+    recipe = load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(out), epochs=3)
+    result = train(recipe)
+    assert result.history[-1]["val_top1"] > 80  # a trained model, not chance
+    return result.deployed_best
+
+
+def test_ptq_agrees_with_fp32_on_held_out_images(trained, digits_root, tmp_path):
+    report = quantize_eval("repvit_m0_6", digits_root, weights=trained, img_size=32, crop_pct=1.0,
+                           calib_images=64, val_images=200, out_dir=tmp_path)
+    assert report["val_images"] == 200 and report["calib_images"] == 64
+    rows = {(r["runtime"], r["precision"]): r for r in report["rows"]}
+    assert set(rows) == {(rt, p) for rt in ("executorch", "onnxruntime") for p in ("fp32", "int8")}
+    reference = report["pytorch"]["top1"]
+    for runtime in ("executorch", "onnxruntime"):
+        fp32, int8 = rows[(runtime, "fp32")], rows[(runtime, "int8")]
+        assert fp32["status"] == int8["status"] == "ok"
+        assert fp32["agreement"] == 100 and fp32["top1"] == reference and fp32["max_abs_diff"] < 1e-3
+        assert int8["agreement"] >= 95, int8  # the issue's bar, on images never calibrated on
+        assert int8["cosine"] > 0.98 and int8["max_abs_diff"] > 1e-3  # really quantized, still close
+        assert abs(int8["top1"] - reference) <= 5
+    # int8 weights: the artifacts are ~4x smaller than fp32
+    for suffix in (".pte", ".onnx"):
+        fp32_size = (tmp_path / f"repvit_m0_6{suffix}").stat().st_size
+        assert (tmp_path / f"repvit_m0_6_int8{suffix}").stat().st_size < fp32_size / 2.5
+
+
+def test_cli_export_int8(trained, digits_root, tmp_path, capsys):
+    rc = main(["export", "repvit_m0_6", "--weights", str(trained), "--format", "executorch", "coreml", "--int8",
+               "--calib", str(digits_root), "--calib-images", "32", "--img-size", "32", "--crop-pct", "1.0",
+               "--out", str(tmp_path), "--json"])
+    assert rc == 1  # one requested artifact (Core ML int8) could not be made
+    executorch, coreml = json.loads(capsys.readouterr().out)
+    assert executorch["format"] == "executorch int8" and executorch["status"] == "ok"
+    assert "held-out images vs fp32" in executorch["parity"] and "32 calibration images" in executorch["detail"]
+    assert (tmp_path / "repvit_m0_6_int8.pte").is_file()
+    meta = json.loads((tmp_path / "repvit_m0_6_int8.pte.json").read_text())
+    assert meta["export"]["format"] == "executorch int8"
+    assert coreml["format"] == "coreml int8" and coreml["status"] == "unavailable" and "int8 is available for executorch, onnx" in coreml["detail"]
+
+
+def test_int8_needs_calibration_images(tmp_path, capsys):
+    with pytest.raises(ExportError, match="--int8 needs --calib"):
+        export("repvit_m0_6", "executorch", int8=True, out_dir=tmp_path)
+    assert main(["export", "repvit_m0_6", "--format", "onnx", "--int8", "--calib", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--calib" in err and "nope" in err
+
+
+def test_quantize_eval_bad_data(trained, tmp_path, digits_root, capsys):
+    (tmp_path / "only" / "a").mkdir(parents=True)
+    assert main(["quantize-eval", "repvit_m0_6", "--weights", str(trained), "--data", str(tmp_path / "only")]) == 2
+    assert "expected train/ and val/" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="int8 is available for executorch, onnx"):
+        quantize_eval("repvit_m0_6", digits_root, weights=trained, formats=("coreml",))
+    with pytest.raises(DatasetError, match="10 classes, but the model has 3 outputs"):
+        quantize_eval(repvit.create_model("repvit_m0_6", num_classes=3), digits_root, img_size=32)
+
+
+def test_missing_runtime_is_a_row_not_a_crash(monkeypatch, trained, digits_root):
+    monkeypatch.setattr(export_mod, "_missing", lambda modules: ["executorch"] if "executorch" in modules else [])
+    report = quantize_eval("repvit_m0_6", digits_root, weights=trained, formats=("executorch",), img_size=32,
+                           calib_images=4, val_images=4)
+    assert {r["status"] for r in report["rows"]} == {"unavailable: pip install 'repvit[export]' (executorch)"}
+    (result,) = export("repvit_m0_6", ["executorch"], img_size=32, int8=True, calib=digits_root, calib_images=4)
+    assert result.status == "unavailable" and "pip install" in result.detail
+
+
+def test_calibration_images_are_a_fixed_subset(digits_root):
+    first, labels, classes = image_samples(digits_root, "train", img_size=32, count=8)
+    again, _, _ = image_samples(digits_root, "train", img_size=32, count=8)
+    assert len(first) == 8 and classes == [str(i) for i in range(10)] and len(set(labels)) > 1
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and first[0].shape == (1, 3, 32, 32)
