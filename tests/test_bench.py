@@ -70,6 +70,22 @@ def test_unavailable_runtime_is_a_skipped_row(monkeypatch):
     assert report.row("repvit_m0_6", "eager")["status"] == "ok"
     skipped = report.row("repvit_m0_6", "onnxruntime")
     assert skipped["status"] == "skipped" and "missing package onnx" in skipped["reason"]
+    assert skipped["reason"].endswith("pip install 'repvit[export]'")
+
+
+def test_more_runtimes_and_int8_twins():
+    report = run_bench("repvit_m0_6", ["litert", "ncnn", "openvino", "onnxruntime"], int8=True, img_size=32, warmup=1,
+                       rounds=2, iters=2, progress=False)
+    assert [r["runtime"] for r in report.rows] == ["litert", "ncnn", "openvino", "onnxruntime", "onnxruntime_int8"]
+    for row in report.rows:
+        assert row["status"] == "ok", row
+        assert row["median_ms"] > 0 and row["n"] == 4
+    for runtime in ("litert", "ncnn", "openvino", "onnxruntime"):
+        assert report.row("repvit_m0_6", runtime)["parity_rel_diff"] <= 1e-4
+    quantized = report.row("repvit_m0_6", "onnxruntime_int8")["parity_rel_diff"]
+    assert 1e-5 < quantized < 0.2  # really int8, still the same function
+    assert "random inputs" in report.env["int8_calibration"]
+    assert {"ai-edge-litert", "ncnn", "openvino"} <= set(report.env["versions"])
 
 
 def test_bad_arguments():

@@ -42,6 +42,41 @@ def test_export_all_formats_with_parity(small_model, tmp_path):
     assert meta["export"]["status"] == "ok" and meta["versions"]["onnxruntime"]
 
 
+def test_litert_ncnn_openvino_with_parity(small_model, tmp_path):
+    results = {r.format: r for r in export(small_model, ["tflite", "ncnn", "openvino"], img_size=64, batch=2,
+                                           out_dir=tmp_path)}
+    assert list(results) == ["litert", "ncnn", "openvino"]  # tflite is an alias
+    for r in results.values():
+        assert r.status == "ok", r
+        assert r.max_abs_diff is not None and r.max_abs_diff <= 1e-4 and r.parity.startswith("ok")
+        assert r.size_mb > 5  # fp32 weights inside (OpenVINO would compress to fp16 by default)
+    # ncnn: fp32 is the parity, fp16 storage (ncnn's default on CPUs with it) is reported beside it
+    assert "fp16 storage (ncnn's default): max abs diff" in results["ncnn"].parity
+    assert sorted(p.name for p in (tmp_path / "repvit_m0_6_ncnn").iterdir()) == ["model.ncnn.bin", "model.ncnn.param"]
+    assert sorted(p.name for p in (tmp_path / "repvit_m0_6_openvino").iterdir()) == ["model.bin", "model.xml"]
+    meta = json.loads((tmp_path / "repvit_m0_6_ncnn.json").read_text())
+    assert meta["input"] == {"name": "in0", "shape": [3, 64, 64], "layout": "CHW", "dtype": "float32"}
+    assert meta["versions"]["ncnn"] and meta["versions"]["pnnx"]
+    assert json.loads((tmp_path / "repvit_m0_6_openvino.json").read_text())["input"]["name"] == "image"
+    # OpenVINO's usage telemetry (network) is replaced by its own no-op stub
+    from openvino.tools.ovc import telemetry_utils
+
+    assert telemetry_utils.tm.__name__.endswith("telemetry_stub")
+
+
+def test_ncnn_input_must_be_owned_and_fp32_is_exact(small_model, tmp_path):
+    # images run one at a time; a batch must give the same answers as separate calls
+    export(small_model, "ncnn", img_size=64, out_dir=tmp_path)
+    run = export_mod.load_ncnn(tmp_path / "repvit_m0_6_ncnn", threads=1)
+    x = torch.randn(3, 3, 64, 64)
+    batch = run(x)
+    singles = [run(x[i:i + 1].clone())[0] for i in range(3)]
+    with torch.no_grad():
+        expected = repvit.reparameterize(small_model)(x)
+    assert (torch.from_numpy(batch) - expected).abs().max() <= 1e-4
+    assert all((torch.from_numpy(s) - e).abs().max() <= 1e-4 for s, e in zip(singles, expected))
+
+
 def test_onnx_dynamic_batch_runs_other_batch_sizes(small_model, tmp_path):
     export(small_model, "onnx", img_size=64, batch=2, out_dir=tmp_path, dynamic_batch=True)
     run = export_mod.load_onnx(tmp_path / "repvit_m0_6.onnx", threads=1)
@@ -71,8 +106,9 @@ def test_coreml_image_input(small_model, tmp_path):
 
 
 def test_unknown_format_and_bad_options():
-    with pytest.raises(ExportError, match="unknown export format tflite; choose from onnx, executorch, coreml"):
-        export("repvit_m0_6", ["onnx", "tflite"])
+    with pytest.raises(ExportError, match="unknown export format tensorrt; choose from onnx, executorch, coreml, "
+                                          "litert, ncnn, openvino"):
+        export("repvit_m0_6", ["onnx", "tensorrt"])
     with pytest.raises(ExportError, match="img-size"):
         export("repvit_m0_6", "onnx", img_size=16)
     with pytest.raises(ValueError, match="unknown model"):
@@ -83,6 +119,12 @@ def test_missing_package_is_reported_not_raised(monkeypatch, tmp_path):
     monkeypatch.setattr(export_mod, "_missing", lambda modules: ["onnxruntime"] if "onnxruntime" in modules else [])
     (result,) = export("repvit_m0_6", ["onnx"], img_size=64, out_dir=tmp_path)
     assert result.status == "unavailable" and "pip install 'repvit[export]'" in result.detail
+    monkeypatch.setattr(export_mod, "_missing", lambda modules: list(modules))
+    rows = export("repvit_m0_6", ["litert", "ncnn", "openvino"], img_size=64, out_dir=tmp_path)
+    assert [r.detail for r in rows] == [
+        "missing package litert_torch, ai_edge_litert: pip install 'repvit[litert]'",
+        "missing package pnnx, ncnn: pip install 'repvit[ncnn]'",
+        "missing package openvino: pip install 'repvit[openvino]'"]
 
 
 class _DataDependent(torch.nn.Module):
@@ -111,5 +153,5 @@ def test_cli_export(tmp_path, capsys):
     assert rc == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["format"] == "onnx" and row["status"] == "ok" and (tmp_path / "repvit_m0_6.onnx").is_file()
-    assert main(["export", "repvit_m0_6", "--format", "tflite"]) == 2
-    assert "unknown export format tflite" in capsys.readouterr().err
+    assert main(["export", "repvit_m0_6", "--format", "tensorrt"]) == 2
+    assert "unknown export format tensorrt" in capsys.readouterr().err

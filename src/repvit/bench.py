@@ -30,18 +30,36 @@ import torch
 from torch import nn
 
 from .complexity import count_macs, count_params
-from .export import _first_line, _missing, _versions, export_executorch, export_onnx, load_executorch, load_onnx, set_executorch_threads
+from .export import FORMATS, _first_line, _missing, _versions, export_executorch, load_executorch, set_executorch_threads
 from .models import create_model, get_variant, list_models
 from .published import peer_names, published, published_peer, source_text
 
 __all__ = ["RUNTIMES", "BenchTarget", "BenchReport", "resolve_models", "run_bench", "run_throughput",
            "matmul_peak_gflops", "plot_pareto", "machine_info"]
 
-RUNTIMES = {  # name -> modules it needs
-    "eager": (),
-    "onnxruntime": ("onnx", "onnxscript", "onnxruntime"),
-    "executorch": ("executorch",),
-}
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    format: str | None  # the export format it runs (None: eager PyTorch)
+    int8: bool = False
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return FORMATS[self.format].requires if self.format else ()
+
+
+RUNTIMES = {r.name: r for r in (
+    Runtime("eager", None),
+    Runtime("onnxruntime", "onnx"),
+    Runtime("executorch", "executorch"),
+    Runtime("litert", "litert"),
+    Runtime("ncnn", "ncnn"),
+    Runtime("openvino", "openvino"),
+    Runtime("onnxruntime_int8", "onnx", int8=True),
+    Runtime("executorch_int8", "executorch", int8=True),
+)}
+#: What ``--int8`` adds for each runtime that has an int8 path.
+INT8_TWINS = {"onnxruntime": "onnxruntime_int8", "executorch": "executorch_int8"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +207,7 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 10, workdir=None) -> dict[s
         an, bn = a.numpy(), b.numpy()
         with threadpool_limits(1):
             rates["numpy"] = flops / _median_seconds(lambda: an @ bn, repeats) / 1e9
-    if not _missing(RUNTIMES["executorch"]):
+    if not _missing(RUNTIMES["executorch"].requires):
         with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as tmp:
             set_executorch_threads(1)
             path = Path(workdir or tmp) / "matmul.pte"
@@ -210,18 +228,21 @@ def _summary(samples: list[float]) -> dict:
             "spread_pct": 100 * (q[17] - q[1]) / median, "n": len(ms)}
 
 
-def _prepare(runtime: str, model: nn.Module, example: torch.Tensor, workdir: Path, tag: str, threads: int) -> Callable[[], torch.Tensor]:
-    if runtime == "eager":
+def _prepare(runtime: str, model: nn.Module, example: torch.Tensor, workdir: Path, tag: str, threads: int,
+             calibration: list[torch.Tensor] | None = None) -> Callable[[], torch.Tensor]:
+    spec = RUNTIMES[runtime]
+    if spec.format is None:
         return lambda: model(example)
-    safe = re.sub(r"[^\w.-]", "_", tag)
-    if runtime == "onnxruntime":
-        path = workdir / f"{safe}.onnx"
-        export_onnx(model, example, path)
-        run = load_onnx(path, threads)
+    fmt = FORMATS[spec.format]
+    path = workdir / (re.sub(r"[^\w.-]", "_", tag) + fmt.suffix)
+    if spec.int8:
+        from .quantize import export_executorch_int8, export_onnx_int8
+
+        exporter = export_onnx_int8 if spec.format == "onnx" else export_executorch_int8
+        exporter(model, example, path, calibration or [example])
     else:
-        path = workdir / f"{safe}.pte"
-        export_executorch(model, example, path)
-        run = load_executorch(path)
+        fmt.write(model, example, path)
+    run = fmt.load(path, threads=threads)
     return lambda: torch.from_numpy(run(example))
 
 
@@ -303,13 +324,24 @@ def run_bench(
     iters: int = 10,
     train_structure: bool = False,
     peak: bool = False,
+    int8: bool = False,
+    calib=None,
+    calib_images: int = 64,
     workdir=None,
     progress: bool = True,
 ) -> BenchReport:
-    """Measure every (model, runtime) pair; see the module docstring for the protocol."""
+    """Measure every (model, runtime) pair; see the module docstring for the protocol.
+
+    ``int8`` adds the int8 twin of every runtime that has one (``executorch_int8``,
+    ``onnxruntime_int8``). int8 models are calibrated on ``calib_images`` images of ``calib`` (an
+    ImageFolder root or ``"digits"``), or on random inputs when ``calib`` is None: enough for a
+    latency (the kernels are the same), meaningless for accuracy (see ``repvit quantize-eval``).
+    """
     from rich.progress import Progress
 
     runtimes = _check_runtimes(runtimes)
+    if int8:
+        runtimes = list(dict.fromkeys(r for name in runtimes for r in (name, INT8_TWINS.get(name)) if r))
     if min(threads, batch, rounds, iters) < 1 or warmup < 0 or img_size < 32:
         raise ValueError("--threads, --batch, --rounds and --iters must be >= 1, --warmup >= 0, --img-size >= 32")
     if isinstance(models, list) and models and all(isinstance(m, BenchTarget) for m in models):
@@ -318,8 +350,21 @@ def run_bench(
         targets = resolve_models(models, train_structure)
     env = {**machine_info(), "threads": threads, "batch": batch, "img_size": img_size, "warmup": warmup,
            "rounds": rounds, "iters_per_round": iters, "runtimes": list(runtimes)}
+    calibration = None
+    if any(RUNTIMES[r].int8 for r in runtimes):
+        if calib is not None:
+            if batch != 1:
+                raise ValueError("--calib needs --batch 1 (the int8 programs are calibrated image by image)")
+            from .quantize import calibration_images
+
+            calibration = calibration_images(calib, img_size, calib_images)
+            env["int8_calibration"] = f"{len(calibration)} images of {calib}"
+        else:
+            gen = torch.Generator().manual_seed(1)
+            calibration = [torch.randn(batch, 3, img_size, img_size, generator=gen) for _ in range(8)]
+            env["int8_calibration"] = "8 random inputs (latency only: accuracy needs real images)"
     if peak:
-        if "executorch" in runtimes and threads != 1:
+        if any(RUNTIMES[r].format == "executorch" for r in runtimes) and threads != 1:
             raise ValueError("--peak measures single-thread GEMM with XNNPACK; run it with --threads 1")
         env["matmul_gflops_1thread"] = matmul_peak_gflops()
     common = {"threads": threads, "batch": batch, "img_size": img_size}
@@ -331,7 +376,7 @@ def run_bench(
     work.mkdir(parents=True, exist_ok=True)
     rows, runners = [], []
     try:
-        if "executorch" in runtimes and not _missing(RUNTIMES["executorch"]):
+        if any(RUNTIMES[r].format == "executorch" for r in runtimes) and not _missing(FORMATS["executorch"].requires):
             set_executorch_threads(threads)  # before any program is loaded
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("exporting", total=len(targets) * len(runtimes))
@@ -353,15 +398,18 @@ def run_bench(
                     bar.update(task, description=f"{target.name} on {runtime}")
                     row = {**_row(target, runtime, common), "params_m": params, "gmacs": macs}
                     rows.append(row)
-                    missing = _missing(RUNTIMES[runtime])
+                    missing = _missing(RUNTIMES[runtime].requires)
                     if missing:
-                        row.update(status="skipped", reason=f"missing package {', '.join(missing)}")
+                        extra = FORMATS[RUNTIMES[runtime].format].extra
+                        row.update(status="skipped", reason=f"missing package {', '.join(missing)}: "
+                                                            f"pip install 'repvit[{extra}]'")
                         bar.advance(task)
                         continue
                     start = time.perf_counter()
                     try:
                         with torch.inference_mode():
-                            fn = _prepare(runtime, model, example, work, f"{target.name}-{runtime}", threads)
+                            fn = _prepare(runtime, model, example, work, f"{target.name}-{runtime}", threads,
+                                          calibration)
                             diff = float((fn().float() - reference).abs().max())
                             # relative to the logits' size: random-init peers can have logits ~1e15
                             row["parity_max_abs_diff"] = diff

@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   repvit predict cat.jpg --model repvit_m0_9 --weights repvit_m0_9.dist_450e
   repvit predict a.png b.png --model repvit_m1_1 --weights ./my_checkpoint.safetensors --topk 3
   repvit export repvit_m0_9 --format onnx executorch coreml --out exports/
+  repvit export repvit_m0_9 --format litert ncnn openvino       Android/embedded runtimes, each checked
   repvit export repvit_m0_9 --weights best.pth --format executorch --int8 --calib ./flowers   int8 (PT2E, XNNPACK)
   repvit quantize-eval repvit_m0_9 --weights best.pth --data ./flowers   top-1 of fp32 vs int8 per runtime
   repvit bench --models repvit_m0_9,timm:repvit_m0_9,mobilenetv3_large_100 --runtimes eager,executorch
@@ -154,7 +155,8 @@ def cmd_bench(args) -> int:
     else:
         report = run_bench(args.models or "all", args.runtimes, threads=args.threads, batch=args.batch or 1,
                            img_size=args.img_size, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
-                           train_structure=args.train_structure, peak=args.peak, progress=not args.quiet)
+                           train_structure=args.train_structure, peak=args.peak, int8=args.int8, calib=args.calib,
+                           calib_images=args.calib_images, progress=not args.quiet)
     if args.json:
         report.to_json(args.json)
     if args.csv:
@@ -163,8 +165,9 @@ def cmd_bench(args) -> int:
         Path(args.markdown).write_text(report.to_markdown())
     env = report.env
     title = (f"{env['cpu']} ({env['cpu_count']} cores), batch {env['batch']}, {env['img_size']}px, "
-             f"{env['threads']} thread(s); torch {env['versions'].get('torch')}, onnxruntime "
-             f"{env['versions'].get('onnxruntime', '-')}, executorch {env['versions'].get('executorch', '-')}")
+             f"{env['threads']} thread(s); " + ", ".join(
+                 f"{pkg} {env['versions'][pkg]}" for pkg in ("torch", "onnxruntime", "executorch", "ai-edge-litert",
+                                                            "ncnn", "openvino") if pkg in env["versions"]))
     table = Table(title=title)
     columns = ["model", "runtime", "images/s" if throughput else "median ms", "p90 ms", "spread %", "params M",
                "GMACs", "GMAC/s", "published top-1", "published iPhone 12 ms", "parity (rel.)", "status"]
@@ -468,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--format", nargs="+", default=["onnx", "executorch", "coreml"],
-                   help="onnx, executorch, coreml (several allowed; default all three)")
+                   help="onnx, executorch, coreml, litert (tflite), ncnn, openvino (several allowed; "
+                        "default onnx executorch coreml)")
     p.add_argument("--weights", default=None, metavar="SRC", help="checkpoint path, URL or registered name")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch", type=int, default=1)
@@ -507,7 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None,
                    help="comma-separated RepViT names/patterns, timm names, timm:NAME, NAME@train, or the groups "
                         "all, repvit, peers (default: all; repvit with --device cuda)")
-    p.add_argument("--runtimes", default="eager,onnxruntime,executorch", help="comma-separated: eager, onnxruntime, executorch")
+    p.add_argument("--runtimes", default="eager,onnxruntime,executorch",
+                   help="comma-separated: eager, onnxruntime, executorch, litert, ncnn, openvino, onnxruntime_int8, "
+                        "executorch_int8 (default eager,onnxruntime,executorch)")
+    p.add_argument("--int8", action="store_true", help="add the int8 twin of each runtime that has one")
+    p.add_argument("--calib", default=None, metavar="DATA",
+                   help="int8 calibration images (ImageFolder root or 'digits'; default: random inputs, latency only)")
+    p.add_argument("--calib-images", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="threads for every runtime (default 1)")
     p.add_argument("--batch", type=int, default=None, help="default 1 (256 for throughput)")
     p.add_argument("--img-size", type=int, default=224)

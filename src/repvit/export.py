@@ -10,6 +10,12 @@ dependency inside, so a missing optional package only affects its own format.
 * ``coreml``: ``.mlpackage`` ML Program (the route of the paper's iPhone 12 latencies), checked
   with coremltools' spec loader; it can only be executed on macOS, elsewhere parity is reported
   as skipped.
+* ``litert`` (alias ``tflite``): ``.tflite`` from the ``litert-torch`` converter, run in the
+  ``ai-edge-litert`` interpreter with XNNPACK (Android's standard runtime). Input stays NCHW.
+* ``ncnn``: ``<name>_ncnn/model.ncnn.{param,bin}`` through ``pnnx``, run in ncnn's Python binding,
+  fp32 (the parity) and fp16 storage (ncnn's default on CPUs that support it; reported).
+* ``openvino``: ``<name>_openvino/model.{xml,bin}`` (fp32 weights), run with f32 inference
+  precision set explicitly (the default on some CPUs is bf16).
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import platform
 import shutil
+import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +44,8 @@ from .data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from .reparam import reparameterize
 
 __all__ = ["ExportFormat", "ExportResult", "FORMATS", "export", "export_onnx", "export_executorch",
-           "export_coreml", "load_onnx", "load_executorch", "parity_tolerance", "ExportError"]
+           "export_coreml", "export_litert", "export_ncnn", "export_openvino", "load_onnx", "load_executorch",
+           "load_litert", "load_ncnn", "load_openvino", "parity_tolerance", "ExportError"]
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
@@ -226,6 +237,164 @@ def load_coreml(path: Path, image_input: bool = False) -> Callable[[torch.Tensor
     return run
 
 
+@contextlib.contextmanager
+def _captured_output():
+    """Send what native converters print (C++ and subprocesses included) to a buffer, not the terminal.
+
+    Yields a list that holds the captured lines once the block ends.
+    """
+    lines: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            log.seek(0)
+            lines.extend(log.read().decode(errors="replace").splitlines())
+
+
+# ----------------------------------------------------------------------------------------------
+# LiteRT (TFLite)
+# ----------------------------------------------------------------------------------------------
+
+
+def export_litert(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """Write ``model`` as a ``.tflite`` flatbuffer with Google's ``litert-torch`` converter."""
+    with _captured_output():
+        import litert_torch
+
+        litert_torch.convert(model, (example,)).export(str(path))
+    return "LiteRT flatbuffer (litert-torch), NCHW input"
+
+
+def load_litert(path: Path, threads: int | None = None) -> Callable[[torch.Tensor], np.ndarray]:
+    """The LiteRT interpreter (XNNPACK delegate) for ``path`` as a function of a torch tensor."""
+    with _captured_output():
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
+        interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        interpreter.set_tensor(inp["index"], x.numpy())
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# ncnn
+# ----------------------------------------------------------------------------------------------
+
+NCNN_FILES = ("model.ncnn.param", "model.ncnn.bin")
+
+
+def export_ncnn(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """Write ``path/model.ncnn.{param,bin}`` (fp32 weights) through pnnx; ncnn takes one image."""
+    import pnnx
+
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, _captured_output() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pnnx traces with torch.jit (deprecated)
+        work = Path(tmp)
+        pnnx.export(model, str(work / "model.pt"), (example[:1],), fp16=False,
+                    ncnnparam=str(work / NCNN_FILES[0]), ncnnbin=str(work / NCNN_FILES[1]))
+        for name in NCNN_FILES:
+            if not (work / name).is_file():
+                raise ExportError(f"pnnx wrote no {name}: {(log or ['no output'])[-1]}")
+            shutil.copy(work / name, path / name)
+    return "ncnn param/bin via pnnx, fp32 weights, batch 1 (images run one at a time)"
+
+
+def load_ncnn(path: Path, threads: int | None = None, fp16: bool = False) -> Callable[[torch.Tensor], np.ndarray]:
+    """ncnn's Python binding for ``path`` (a folder); ``fp16`` turns on ncnn's fp16 storage/arithmetic."""
+    import ncnn
+
+    net = ncnn.Net()
+    for option in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
+        setattr(net.opt, option, fp16)  # ncnn's default is fp16 wherever the CPU supports it
+    net.opt.num_threads = threads or os.cpu_count()
+    if net.load_param(str(Path(path) / NCNN_FILES[0])) or net.load_model(str(Path(path) / NCNN_FILES[1])):
+        raise ExportError(f"{path}: ncnn could not load {NCNN_FILES[0]} / {NCNN_FILES[1]}")
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        outputs = []
+        for image in x:
+            extractor = net.create_extractor()
+            # ncnn.Mat wraps the array without copying: clone so ncnn owns its input
+            extractor.input("in0", ncnn.Mat(np.ascontiguousarray(image.numpy(), dtype=np.float32)).clone())
+            status, out = extractor.extract("out0")
+            if status:
+                raise ExportError(f"{path}: ncnn extract failed with status {status}")
+            outputs.append(np.array(out, dtype=np.float32).reshape(-1))
+        return np.stack(outputs)
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# OpenVINO
+# ----------------------------------------------------------------------------------------------
+
+
+def _import_openvino():
+    """openvino without its usage telemetry.
+
+    Importing openvino (and every conversion) otherwise sends events to Google Analytics unless the
+    user opted out; exporting a model must not touch the network. Hiding ``openvino_telemetry``
+    makes openvino fall back to its own no-op stub. A process that imported openvino already
+    keeps its setting.
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # None in sys.modules: ImportError on import
+    import openvino
+
+    return openvino
+
+
+def export_openvino(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """Write ``path/model.{xml,bin}`` with fp32 weights (OpenVINO compresses to fp16 by default)."""
+    ov = _import_openvino()
+
+    with warnings.catch_warnings():  # it traces with torch.jit, which warns of its deprecation
+        warnings.simplefilter("ignore", FutureWarning)
+        converted = ov.convert_model(model, example_input=(example,))
+    converted.inputs[0].get_tensor().set_names({INPUT_NAME})
+    converted.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    path.mkdir(parents=True, exist_ok=True)
+    ov.save_model(converted, str(path / "model.xml"), compress_to_fp16=False)
+    return "OpenVINO IR, fp32 weights"
+
+
+def load_openvino(path: Path, threads: int | None = None) -> Callable[[torch.Tensor], np.ndarray]:
+    """OpenVINO's CPU plugin for ``path`` (a folder) with f32 inference precision."""
+    ov = _import_openvino()
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}  # bf16 is the default on CPUs with AMX/AVX512-BF16
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(str(Path(path) / "model.xml")), "CPU", config)
+    output = compiled.output(0)
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        return compiled([x.numpy()])[output]
+
+    return run
+
+
 # ----------------------------------------------------------------------------------------------
 # The export table and the driver
 # ----------------------------------------------------------------------------------------------
@@ -234,19 +403,40 @@ def load_coreml(path: Path, image_input: bool = False) -> Callable[[torch.Tensor
 @dataclass(frozen=True)
 class ExportFormat:
     name: str
-    suffix: str
+    suffix: str  # appended to the model name: a file (".onnx") or a folder ("_ncnn")
     requires: tuple[str, ...]  # importable modules it needs
+    extra: str  # the pip extra that installs them: pip install 'repvit[<extra>]'
     description: str
+    write: Callable = field(repr=False)  # (model, example, path, **options) -> detail
+    load: Callable = field(repr=False)  # (path, **options) -> run(x) -> ndarray
+    io_names: tuple[str, str] = (INPUT_NAME, OUTPUT_NAME)
 
 
 FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
-        ExportFormat("onnx", ".onnx", ("onnx", "onnxscript", "onnxruntime"), "ONNX, checked in ONNX Runtime"),
-        ExportFormat("executorch", ".pte", ("executorch",), "ExecuTorch + XNNPACK, checked in its runtime"),
-        ExportFormat("coreml", ".mlpackage", ("coremltools",), "Core ML ML Program (.mlpackage)"),
+        ExportFormat("onnx", ".onnx", ("onnx", "onnxscript", "onnxruntime"), "export", "ONNX, checked in ONNX Runtime",
+                     lambda m, x, p, dynamic_batch=False, **_: export_onnx(m, x, p, dynamic_batch=dynamic_batch),
+                     lambda p, threads=None, **_: load_onnx(p, threads)),
+        ExportFormat("executorch", ".pte", ("executorch",), "export", "ExecuTorch + XNNPACK, checked in its runtime",
+                     lambda m, x, p, **_: export_executorch(m, x, p), lambda p, **_: load_executorch(p)),
+        ExportFormat("coreml", ".mlpackage", ("coremltools",), "export", "Core ML ML Program (.mlpackage)",
+                     lambda m, x, p, image_input=False, coreml_precision="fp32", **_: export_coreml(
+                         m, x, p, image_input=image_input, precision=coreml_precision),
+                     lambda p, image_input=False, **_: load_coreml(p, image_input)),
+        ExportFormat("litert", ".tflite", ("litert_torch", "ai_edge_litert"), "litert",
+                     "LiteRT/TFLite, checked in the LiteRT interpreter (XNNPACK)",
+                     lambda m, x, p, **_: export_litert(m, x, p), lambda p, threads=None, **_: load_litert(p, threads),
+                     ("args_0", "output_0")),
+        ExportFormat("ncnn", "_ncnn", ("pnnx", "ncnn"), "ncnn", "ncnn via pnnx, checked in ncnn (fp32 and fp16)",
+                     lambda m, x, p, **_: export_ncnn(m, x, p), lambda p, threads=None, **_: load_ncnn(p, threads), ("in0", "out0")),
+        ExportFormat("openvino", "_openvino", ("openvino",), "openvino", "OpenVINO IR, checked in OpenVINO (f32)",
+                     lambda m, x, p, **_: export_openvino(m, x, p), lambda p, threads=None, **_: load_openvino(p, threads)),
     )
 }
+
+#: Other names users type for a format.
+FORMAT_ALIASES = {"tflite": "litert", "tfl": "litert", "ov": "openvino", "pte": "executorch", "mlpackage": "coreml"}
 
 
 @dataclass
@@ -266,8 +456,8 @@ class ExportResult:
 
 
 def check_formats(formats) -> list[str]:
-    names = [f.strip().lower() for item in ([formats] if isinstance(formats, str) else formats)
-             for f in str(item).split(",") if f.strip()]
+    names = [FORMAT_ALIASES.get(f.strip().lower(), f.strip().lower())
+             for item in ([formats] if isinstance(formats, str) else formats) for f in str(item).split(",") if f.strip()]
     unknown = [f for f in names if f not in FORMATS]
     if unknown or not names:
         raise ExportError(f"unknown export format {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
@@ -323,22 +513,12 @@ def _export_one(fmt: ExportFormat, model: nn.Module, example: torch.Tensor, refe
     missing = _missing(fmt.requires)
     if missing:
         return ExportResult(fmt.name, "unavailable", parity="not run",
-                            detail=f"missing package {', '.join(missing)}: pip install 'repvit[export]'")
+                            detail=f"missing package {', '.join(missing)}: pip install 'repvit[{fmt.extra}]'")
     if calibration is not None:
         return _export_int8(fmt, model, path, *calibration)
     start = time.perf_counter()
     try:
-        if fmt.name == "onnx":
-            result.detail = export_onnx(model, example, path, dynamic_batch=options.get("dynamic_batch", False))
-            runner = lambda: load_onnx(path)  # noqa: E731
-        elif fmt.name == "executorch":
-            result.detail = export_executorch(model, example, path)
-            runner = lambda: load_executorch(path)  # noqa: E731
-        else:
-            image_input = options.get("image_input", False)
-            result.detail = export_coreml(model, example, path, image_input=image_input,
-                                          precision=options.get("coreml_precision", "fp32"))
-            runner = lambda: load_coreml(path, image_input)  # noqa: E731
+        result.detail = fmt.write(model, example, path, **options)
     except Exception as err:  # one row per format: a failing backend never hides the others
         return ExportResult(fmt.name, "export failed", parity="not run", detail=_first_line(err),
                             export_seconds=time.perf_counter() - start)
@@ -350,7 +530,7 @@ def _export_one(fmt: ExportFormat, model: nn.Module, example: torch.Tensor, refe
             x = example.mul(torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1) * 255).add(
                 torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1) * 255).clamp(0, 255).round()
             reference = model(_NormalizedImageInput(nn.Identity())(x))
-        output = torch.from_numpy(np.asarray(runner()(x), dtype=np.float32)).reshape(reference.shape)
+        output = _as_tensor(fmt.load(path, **options)(x), reference)
     except ParitySkipped as why:
         result.parity = f"skipped: {why}"
         return result
@@ -363,7 +543,15 @@ def _export_one(fmt: ExportFormat, model: nn.Module, example: torch.Tensor, refe
         result.parity = f"ok (max abs diff {result.max_abs_diff:.1e} <= {limit:.0e})"
     else:
         result.status, result.parity = "parity failed", f"max abs diff {result.max_abs_diff:.1e} > {limit:.0e}"
+    if fmt.name == "ncnn" and result.ok:  # what a default ncnn build runs on CPUs with fp16 support
+        with contextlib.suppress(Exception):
+            fp16 = float((_as_tensor(load_ncnn(path, fp16=True)(x), reference) - reference).abs().max())
+            result.parity += f"; fp16 storage (ncnn's default): max abs diff {fp16:.1e}"
     return result
+
+
+def _as_tensor(output, reference: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(output, dtype=np.float32)).reshape(reference.shape)
 
 
 def export(
@@ -437,7 +625,8 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for pkg in ("repvit", "torch", "onnx", "onnxruntime", "executorch", "coremltools"):
+    for pkg in ("repvit", "torch", "onnx", "onnxruntime", "executorch", "coremltools", "litert-torch",
+                "ai-edge-litert", "pnnx", "ncnn", "openvino"):
         with contextlib.suppress(PackageNotFoundError):
             found[pkg] = version(pkg)
     return found
@@ -446,16 +635,17 @@ def _versions() -> dict:
 def _write_metadata(path: Path, name: str, weights, result: ExportResult, example: torch.Tensor,
                     image_input: bool, fmt: str) -> None:
     image = fmt == "coreml" and image_input
+    input_name, output_name = FORMATS[fmt].io_names
     meta = {
         "model": name,
         "weights": None if weights is None else str(weights),
         "reparameterized": True,
-        "input": {"name": INPUT_NAME, "shape": list(example.shape), "layout": "NCHW",
+        "input": {"name": input_name, "shape": list(example.shape[1:] if fmt == "ncnn" else example.shape), "layout": "CHW" if fmt == "ncnn" else "NCHW",
                   "dtype": "uint8 RGB image" if image else "float32"},
         "preprocessing": ("none: RGB pixels 0..255, normalisation built in" if image else
                           {"resize": "shorter side to img_size / 0.875, bicubic", "center_crop": example.shape[-1],
                            "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD)}),
-        "output": {"name": OUTPUT_NAME},
+        "output": {"name": output_name},
         "export": {k: v for k, v in asdict(result).items() if k != "path"},
         "versions": _versions(),
     }
