@@ -94,3 +94,33 @@ def test_calibration_images_are_a_fixed_subset(digits_root):
     again, _, _ = image_samples(digits_root, "train", img_size=32, count=8)
     assert len(first) == 8 and classes == [str(i) for i in range(10)] and len(set(labels)) > 1
     assert all(torch.equal(a, b) for a, b in zip(first, again)) and first[0].shape == (1, 3, 32, 32)
+
+
+def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, tmp_path):
+    common = dict(finetune=str(trained), qat=True, epochs=2, warmup_epochs=0, lr=1e-4, model_ema=True)
+    whole = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "a"), **common))
+    assert whole.deployed_best.name == "model-best-int8.pte" and whole.deployed_best.is_file()
+    int8 = json.loads((tmp_path / "a" / "int8.json").read_text())
+    assert int8["images"] == 359 and int8["agreement"] >= 95 and int8["top1"] > 80
+    assert abs(int8["top1"] - whole.best_top1) <= 2  # the real int8 program does what QAT simulated
+    state = torch.load(whole.checkpoint_last, weights_only=False)
+    assert state["qat"] and state["recipe"]["model_ema"] is False and state["ema"] is None  # turned off by --qat
+    assert any("activation_post_process" in k for k in state["state_dict"])
+    # interrupted after one epoch, then resumed: the same run
+    first = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"),
+                              stop_after_epochs=1, **common))
+    assert first.last_epoch == 1 and not (tmp_path / "b" / "model-best-int8.pte").exists()
+    resumed = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"),
+                                resume="auto", **common))
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+    assert [h["val_top1"] for h in resumed.history] == [h["val_top1"] for h in whole.history]
+
+
+def test_qat_needs_a_trained_model_of_these_classes(trained, digits_root, tmp_path, capsys):
+    args = ["train", "--data", str(digits_root), "--config", "digits", "--model", "repvit_m0_6", "--qat",
+            "--output", str(tmp_path)]
+    assert main(args) == 2
+    assert "--qat fine-tunes a trained model: give --finetune SRC" in capsys.readouterr().err
+    other = repvit.save_weights(repvit.create_model("repvit_m0_6", num_classes=3), tmp_path / "three.safetensors")
+    assert main(args + ["--finetune", str(other)]) == 2
+    assert "has 3 classes, --data 10" in capsys.readouterr().err

@@ -81,7 +81,8 @@ def test_teacher_with_other_classes_is_refused(digits_root, tmp_path):
                       teacher="repvit_m0_6", teacher_weights=str(teacher_path)))
 
 
-def test_finetune_drops_a_classifier_of_other_classes(digits_root, tmp_path, caplog):
+def test_finetune_drops_a_classifier_of_other_classes(digits_root, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("repvit"), "propagate", True)  # the CLI (another test) turns it off
     torch.manual_seed(2)
     source = repvit.create_model("repvit_m0_6", distillation=True)  # 1000 classes, two heads
     source_path = repvit.save_weights(source, tmp_path / "imagenet.safetensors")

@@ -302,7 +302,7 @@ def cmd_train(args) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary line
         return 0
     print(f"best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}; checkpoints in {result.output} "
-          f"(checkpoint-last.pth, checkpoint-best.pth, model-best-deployed.safetensors)")
+          f"(checkpoint-last.pth, checkpoint-best.pth, {result.deployed_best.name})")
     return 0
 
 
@@ -648,6 +648,9 @@ def _log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        # Libraries log through the root logger (logging.info), which then configures itself with a
+        # handler of its own: without this, every message would be printed twice.
+        logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,10 @@ Exact resume: every epoch re-seeds all random generators from (seed, epoch, rank
 from (seed, epoch), so an interrupted and resumed run replays the same batches and augmentations
 as an uninterrupted one (the RNG states are also stored in the checkpoint, for inspection).
 Checkpoints are written atomically (temporary file, then rename).
+
+``--qat`` trains the fake-quantized, reparameterized graph of :mod:`repvit.qat` instead of the
+training structure (no distillation, EMA, AMP or compile: a short int8 fine-tune), and converts
+the best checkpoint to an int8 ExecuTorch program at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +326,12 @@ def train(recipe: TrainRecipe) -> TrainResult:
     recipe = recipe.validate()
     if recipe.data is None:
         raise ValueError("--data is required: an ImageFolder root with train/ and val/ (or run repvit quickstart)")
+    qat_changes = {}
+    if recipe.qat:
+        if not recipe.finetune and not recipe.resume:
+            raise ValueError("--qat fine-tunes a trained model: give --finetune SRC (a checkpoint of these classes)")
+        qat_changes = {k: v for k, v in QAT_OFF.items() if getattr(recipe, k) != v}
+        recipe = replace(recipe, **qat_changes)
     ctx = setup_process(recipe.device)
     try:
         # ---- data
@@ -341,8 +351,14 @@ def train(recipe: TrainRecipe) -> TrainResult:
         resume_path = _resume_path(recipe)
         torch.manual_seed(recipe.seed)  # identical initial weights on every process
         distill = recipe.distillation != "none"
-        model = create_model(recipe.model, num_classes=num_classes, distillation=distill, drop_rate=recipe.drop_rate)
-        if recipe.finetune and resume_path is None:
+        if recipe.qat:
+            model = _qat_model(recipe, num_classes, resume_path)
+            if ctx.is_main and qat_changes:
+                log.info("--qat: %s", ", ".join(f"{k} -> {v!r}" for k, v in qat_changes.items()))
+        else:
+            model = create_model(recipe.model, num_classes=num_classes, distillation=distill,
+                                 drop_rate=recipe.drop_rate)
+        if recipe.finetune and resume_path is None and not recipe.qat:
             source = read_checkpoint(recipe.finetune)
             same_head = source.num_classes == num_classes and source.distillation == distill
             load_weights(model, source, ignore_head=not same_head)
@@ -387,9 +403,9 @@ def train(recipe: TrainRecipe) -> TrainResult:
         start_epoch, best, history = 0, {"top1": -1.0, "epoch": -1}, []
         if resume_path is not None:
             state = read_training_checkpoint(resume_path)
-            this_run = {"model": recipe.model, "num_classes": num_classes, "distillation": distill}
+            this_run = {"model": recipe.model, "num_classes": num_classes, "distillation": distill, "qat": recipe.qat}
             for key, value in this_run.items():
-                if state[key] != value:
+                if state.get(key, False) != value:
                     raise ValueError(f"--resume {resume_path}: the checkpoint has {key}={state[key]!r}, this run "
                                      f"{value!r}")
             raw_model.load_state_dict(state["state_dict"])
@@ -526,20 +542,21 @@ def train(recipe: TrainRecipe) -> TrainResult:
             if ctx.is_main:
                 state = {
                     "format": "repvit-train", "epoch": epoch, "model": recipe.model, "num_classes": num_classes,
-                    "distillation": distill, "class_names": class_names, "recipe": recipe.to_dict(),
+                    "distillation": distill, "qat": recipe.qat, "class_names": class_names, "recipe": recipe.to_dict(),
                     "state_dict": raw_model.state_dict(), "ema": ema.module.state_dict() if ema else None,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler else None, "best": best, "history": history,
                     "rng": _rng_state(),
-                    # lets read_checkpoint/load_weights/predict use this file directly
-                    "repvit_metadata": {"model": recipe.model, "class_names": json.dumps(class_names)},
                 }
+                if not recipe.qat:  # lets read_checkpoint/load_weights/predict use this file directly
+                    state["repvit_metadata"] = {"model": recipe.model, "class_names": json.dumps(class_names)}
                 _atomic_save(state, last_path)
                 _log_epoch(record, best, recipe.epochs, output, writer, examples)  # after the checkpoint
                 if is_best:
                     _atomic_save(state, best_path)
-                    save_weights(reparameterize(raw_model), deployed_path, class_names=class_names,
-                                 metadata={"epoch": epoch + 1, "val_top1": best["top1"]})
+                    if not recipe.qat:
+                        save_weights(reparameterize(raw_model), deployed_path, class_names=class_names,
+                                     metadata={"epoch": epoch + 1, "val_top1": best["top1"]})
             epochs_run += 1
             if recipe.stop_after_epochs and epochs_run >= recipe.stop_after_epochs and not last:
                 if ctx.is_main:
@@ -547,13 +564,65 @@ def train(recipe: TrainRecipe) -> TrainResult:
                 break
         if writer is not None:
             writer.close()
+        if recipe.qat and ctx.is_main and best_path.is_file() and epoch + 1 == recipe.epochs:
+            # after the last epoch only: converting and lowering takes ~1 min for M0.9
+            _export_qat_best(recipe, num_classes, best_path, val_loader, output)
         if ctx.distributed:
             dist.barrier()
+        if recipe.qat:
+            deployed_path = output / "model-best-int8.pte"
         return TrainResult(output, best["top1"], best["epoch"], epoch + 1, history, class_names,
                            last_path, best_path, deployed_path)
     finally:
         if ctx.started_group:
             dist.destroy_process_group()
+
+
+#: What --qat turns off: a short fine-tune of the fused int8 graph (one classifier, no BatchNorm).
+QAT_OFF = {"distillation": "none", "model_ema": False, "amp": "off", "channels_last": False, "compile": False,
+           "freeze_bn": False, "sync_bn": False, "drop_rate": 0.0}
+
+
+def _qat_model(recipe: TrainRecipe, num_classes: int, resume_path: Path | None) -> nn.Module:
+    """The fake-quantized graph to fine-tune: from --finetune weights, or the shape to resume into."""
+    from .models import create_model
+    from .qat import prepare_qat
+    from .weights import read_checkpoint
+
+    if resume_path is not None:  # the checkpoint's weights are loaded into the prepared graph later
+        return prepare_qat(create_model(recipe.model, num_classes=num_classes), recipe.img_size)
+    source = read_checkpoint(recipe.finetune)
+    if source.num_classes is not None and source.num_classes != num_classes:
+        raise ValueError(f"--qat fine-tunes a model of these classes: --finetune {recipe.finetune} has "
+                         f"{source.num_classes} classes, --data {num_classes} (train it first without --qat)")
+    return prepare_qat(create_model(recipe.model, weights=source), recipe.img_size)
+
+
+def _export_qat_best(recipe: TrainRecipe, num_classes: int, best_path: Path, val_loader, output: Path) -> None:
+    """Convert the best QAT checkpoint to an int8 ExecuTorch program; log its top-1 in ExecuTorch."""
+    from .export import export_executorch, load_executorch
+    from .models import create_model
+    from .qat import convert_qat, prepare_qat
+    from .quantize import evaluate_artifact
+
+    state = read_training_checkpoint(best_path)["state_dict"]
+
+    def best():
+        model = prepare_qat(create_model(recipe.model, num_classes=num_classes), recipe.img_size)
+        model.load_state_dict(state)
+        return model
+
+    images, labels = [], []
+    for batch, targets, _ in val_loader:
+        images += [image[None] for image in batch]
+        labels += [int(t) for t in targets]
+    path = output / "model-best-int8.pte"
+    with torch.no_grad():
+        export_executorch(convert_qat(best()), images[0], path)
+        stats = evaluate_artifact(load_executorch(path), images, best().eval(), labels)
+    (output / "int8.json").write_text(json.dumps({"path": str(path), **stats}, indent=2))
+    log.info("int8 ExecuTorch program %s: val top-1 %.2f (%d images), %.2f%% agreement with the fake-quantized "
+             "model", path, stats["top1"], stats["images"], stats["agreement"])
 
 
 def _resume_path(recipe: TrainRecipe) -> Path | None:

@@ -88,16 +88,22 @@ def held_out_images(source, img_size: int = 224, count: int = 128, crop_pct: flo
     return image_samples(root, split, img_size, count, crop_pct, seed=1)[0]
 
 
-def quantize_xnnpack(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Module:
-    """The PT2E int8 model of ``model`` for the XNNPACK backend, calibrated on ``calibration``."""
+def xnnpack_quantizer(qat: bool = False):
+    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, int8 activations."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
+def quantize_xnnpack(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Module:
+    """The PT2E int8 model of ``model`` for the XNNPACK backend, calibrated on ``calibration``."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    quantizer = xnnpack_quantizer()
     captured = torch.export.export(model.eval(), (calibration[0],)).module()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():
         for x in calibration:

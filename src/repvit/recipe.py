@@ -95,6 +95,8 @@ class TrainRecipe(Recipe):
     finetune: str | None = _opt(None, "initialise from a checkpoint (path, URL or registered name); the "
                                       "classifier is dropped when its classes differ", "model")
     drop_rate: float = _opt(0.0, "dropout before the classifier", "model", check=">=0")
+    qat: bool = _opt(False, "quantization-aware fine-tuning of the reparameterized model (int8, XNNPACK) from "
+                            "--finetune weights of these classes; writes model-best-int8.pte", "model")
     # ---- data
     data: str | None = _opt(None, "ImageFolder root with train/ and val/ (one folder per class)", "data")
     img_size: int = _opt(224, "training and evaluation resolution", "data", check=">0")
