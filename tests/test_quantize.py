@@ -13,6 +13,7 @@ from repvit.engine import train
 from repvit.export import ExportError, export
 from repvit.quantize import image_samples, quantize_eval
 from repvit.recipe import load_recipe
+from conftest import make_image_tree
 
 pytestmark = pytest.mark.quantize
 
@@ -78,6 +79,9 @@ def test_quantize_eval_bad_data(trained, tmp_path, digits_root, capsys):
         quantize_eval("repvit_m0_6", digits_root, weights=trained, formats=("coreml",))
     with pytest.raises(DatasetError, match="10 classes, but the model has 3 outputs"):
         quantize_eval(repvit.create_model("repvit_m0_6", num_classes=3), digits_root, img_size=32)
+    letters = make_image_tree(tmp_path / "letters", classes=tuple("abcdefghij"), per_class=1)
+    with pytest.raises(DatasetError, match="differ from the checkpoint's classes"):
+        quantize_eval("repvit_m0_6", letters, weights=trained, img_size=32)
 
 
 def test_missing_runtime_is_a_row_not_a_crash(monkeypatch, trained, digits_root):

@@ -188,8 +188,12 @@ def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), 
     unknown = [f for f in formats if f not in INT8_FORMATS]
     if unknown or not formats:
         raise ValueError(f"--formats: int8 is available for {', '.join(INT8_FORMATS)}, got {', '.join(unknown) or '(none)'}")
+    checkpoint = None
     if isinstance(model, str):
-        name, net = model, create_model(model, weights=weights)
+        from .weights import read_checkpoint
+
+        checkpoint = read_checkpoint(weights) if weights is not None else None
+        name, net = model, create_model(model, weights=checkpoint)
     else:
         name, net = type(model).__name__, model
     net = reparameterize(net).eval()
@@ -202,6 +206,9 @@ def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), 
     if num_classes is not None and num_classes != len(classes):
         raise DatasetError(f"--data {data}: {len(classes)} classes, but the model has {num_classes} outputs "
                            "(pass --weights trained on this data)")
+    if checkpoint is not None and checkpoint.class_names and checkpoint.class_names != classes:
+        raise DatasetError(f"--data {data}: class folders {classes[:3]}... differ from the checkpoint's classes "
+                           f"{checkpoint.class_names[:3]}...")
     ref_hits = 0
     with torch.no_grad():
         for x, y in zip(images, labels):
