@@ -75,6 +75,9 @@ def test_ncnn_input_must_be_owned_and_fp32_is_exact(small_model, tmp_path):
         expected = repvit.reparameterize(small_model)(x)
     assert (torch.from_numpy(batch) - expected).abs().max() <= 1e-4
     assert all((torch.from_numpy(s) - e).abs().max() <= 1e-4 for s, e in zip(singles, expected))
+    # inputs that need converting first (a temporary array ncnn must not outlive)
+    for other in (x.contiguous(memory_format=torch.channels_last), x.double(), x.transpose(2, 3).transpose(2, 3)):
+        assert (torch.from_numpy(run(other)) - expected).abs().max() <= 1e-4
 
 
 def test_onnx_dynamic_batch_runs_other_batch_sizes(small_model, tmp_path):

@@ -11,7 +11,7 @@ from repvit.cli import main
 from repvit.data import DatasetError
 from repvit.engine import train
 from repvit.export import ExportError, export
-from repvit.quantize import image_samples, quantize_eval
+from repvit.quantize import calibration_and_held_out, calibration_images, image_set, quantize_eval
 from repvit.recipe import load_recipe
 from conftest import make_image_tree
 
@@ -94,10 +94,28 @@ def test_missing_runtime_is_a_row_not_a_crash(monkeypatch, trained, digits_root)
 
 
 def test_calibration_images_are_a_fixed_subset(digits_root):
-    first, labels, classes = image_samples(digits_root, "train", img_size=32, count=8)
-    again, _, _ = image_samples(digits_root, "train", img_size=32, count=8)
-    assert len(first) == 8 and classes == [str(i) for i in range(10)] and len(set(labels)) > 1
-    assert all(torch.equal(a, b) for a, b in zip(first, again)) and first[0].shape == (1, 3, 32, 32)
+    first = calibration_images(digits_root, img_size=32, count=8)
+    again = calibration_images(digits_root, img_size=32, count=8)
+    assert len(first) == 8 and first[0].shape == (1, 3, 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    val = image_set(digits_root, "val", img_size=32)
+    assert len(val) == 359 and val.classes == [str(i) for i in range(10)]
+    with pytest.raises(ValueError, match="--calib-images must be >= 1"):
+        calibration_images(digits_root, img_size=32, count=0)
+
+
+def test_held_out_images_are_never_calibrated_on(tmp_path):
+    # a tree with only train/: one split is divided, not reused
+    root = make_image_tree(tmp_path / "only_train", per_class=10, splits=("train",))
+    calibration, held_out = calibration_and_held_out(root, img_size=32, count=512)
+    assert len(calibration) + len(held_out) == 30 and len(held_out) == 7
+    assert not any(torch.equal(c, h) for c in calibration for h in held_out)
+    # train/ and val/: calibrate on train, check on val
+    both = make_image_tree(tmp_path / "both", per_class=4)
+    calibration, held_out = calibration_and_held_out(both, img_size=32, count=5)
+    val = [x for x, _ in image_set(both, "val", img_size=32)]
+    assert len(calibration) == 5 and len(held_out) == 12
+    assert all(any(torch.equal(h, v) for v in val) for h in held_out)
 
 
 def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, tmp_path):
@@ -118,6 +136,9 @@ def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, 
                                 resume="auto", **common))
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
     assert [h["val_top1"] for h in resumed.history] == [h["val_top1"] for h in whole.history]
+    # the training checkpoint is a fake-quantized graph, not weights: say so
+    with pytest.raises(ValueError, match="a `repvit train --qat` checkpoint .* use the model-best-int8.pte"):
+        repvit.read_checkpoint(whole.checkpoint_best)
 
 
 def test_qat_needs_a_trained_model_of_these_classes(trained, digits_root, tmp_path, capsys):

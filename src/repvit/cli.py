@@ -301,8 +301,9 @@ def cmd_train(args) -> int:
     result = train(recipe)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary line
         return 0
+    files = [p.name for p in (result.checkpoint_last, result.checkpoint_best, result.deployed_best) if p.is_file()]
     print(f"best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}; checkpoints in {result.output} "
-          f"(checkpoint-last.pth, checkpoint-best.pth, {result.deployed_best.name})")
+          f"({', '.join(files)})")
     return 0
 
 
@@ -344,8 +345,6 @@ def cmd_val(args) -> int:
 def cmd_quantize_eval(args) -> int:
     from .quantize import format_quantize_eval, quantize_eval
 
-    if args.calib_images < 1 or (args.val_images is not None and args.val_images < 1):
-        raise ValueError("--calib-images and --val-images must be >= 1")
     report = quantize_eval(args.model, args.data, weights=args.weights, formats=args.formats,
                            img_size=args.img_size, crop_pct=args.crop_pct, calib_images=args.calib_images,
                            val_images=args.val_images, out_dir=args.out)
@@ -497,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="SRC", help="checkpoint path, URL or registered name")
     p.add_argument("--data", required=True, metavar="PATH",
                    help="ImageFolder root with train/ (calibration) and val/ (top-1), or 'digits'")
-    p.add_argument("--formats", nargs="+", default=["executorch", "onnx"], help="executorch, onnx (default both)")
+    p.add_argument("--formats", nargs="+", default=["executorch", "onnx"],
+                   help="executorch, onnx (several allowed, or comma-separated; default both)")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--crop-pct", type=float, default=0.875, help="resize to img-size / crop-pct, then center-crop")
     p.add_argument("--calib-images", type=int, default=512, help="calibration images from train/ (default 512)")

@@ -352,7 +352,7 @@ def train(recipe: TrainRecipe) -> TrainResult:
         torch.manual_seed(recipe.seed)  # identical initial weights on every process
         distill = recipe.distillation != "none"
         if recipe.qat:
-            model = _qat_model(recipe, num_classes, resume_path)
+            model = _qat_model(recipe, num_classes, class_names, resume_path)
             if ctx.is_main and qat_changes:
                 log.info("--qat: %s", ", ".join(f"{k} -> {v!r}" for k, v in qat_changes.items()))
         else:
@@ -391,7 +391,7 @@ def train(recipe: TrainRecipe) -> TrainResult:
         scaler = torch.amp.GradScaler(ctx.device.type) if amp_dtype == torch.float16 else None
         ema = ModelEmaV3(raw_model, decay=recipe.model_ema_decay) if recipe.model_ema else None
         clip_params = [p for n, p in raw_model.named_parameters()
-                       if not (recipe.clip_mode == "agc" and n.startswith("head."))]  # AGC skips the classifier
+                       if not (recipe.clip_mode == "agc" and n.startswith(("head.", "graph.head")))]  # AGC skips the classifier
         mixup = None
         if recipe.mixup_active:
             mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
@@ -406,8 +406,8 @@ def train(recipe: TrainRecipe) -> TrainResult:
             this_run = {"model": recipe.model, "num_classes": num_classes, "distillation": distill, "qat": recipe.qat}
             for key, value in this_run.items():
                 if state.get(key, False) != value:
-                    raise ValueError(f"--resume {resume_path}: the checkpoint has {key}={state[key]!r}, this run "
-                                     f"{value!r}")
+                    raise ValueError(f"--resume {resume_path}: the checkpoint has {key}={state.get(key, False)!r}, "
+                                     f"this run {value!r}")
             raw_model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
             for group in optimizer.param_groups:  # the recipe's weight decay, not the checkpoint's
@@ -566,10 +566,10 @@ def train(recipe: TrainRecipe) -> TrainResult:
             writer.close()
         if recipe.qat and ctx.is_main and best_path.is_file() and epoch + 1 == recipe.epochs:
             # after the last epoch only: converting and lowering takes ~1 min for M0.9
-            _export_qat_best(recipe, num_classes, best_path, val_loader, output)
+            _export_qat_best(recipe, num_classes, best_path, output)
         if ctx.distributed:
             dist.barrier()
-        if recipe.qat:
+        if recipe.qat:  # written only when the schedule completes (not after --stop-after-epochs)
             deployed_path = output / "model-best-int8.pte"
         return TrainResult(output, best["top1"], best["epoch"], epoch + 1, history, class_names,
                            last_path, best_path, deployed_path)
@@ -583,7 +583,7 @@ QAT_OFF = {"distillation": "none", "model_ema": False, "amp": "off", "channels_l
            "freeze_bn": False, "sync_bn": False, "drop_rate": 0.0}
 
 
-def _qat_model(recipe: TrainRecipe, num_classes: int, resume_path: Path | None) -> nn.Module:
+def _qat_model(recipe: TrainRecipe, num_classes: int, class_names: list[str], resume_path: Path | None) -> nn.Module:
     """The fake-quantized graph to fine-tune: from --finetune weights, or the shape to resume into."""
     from .models import create_model
     from .qat import prepare_qat
@@ -591,19 +591,27 @@ def _qat_model(recipe: TrainRecipe, num_classes: int, resume_path: Path | None) 
 
     if resume_path is not None:  # the checkpoint's weights are loaded into the prepared graph later
         return prepare_qat(create_model(recipe.model, num_classes=num_classes), recipe.img_size)
+    if not recipe.finetune:
+        raise ValueError("--qat fine-tunes a trained model: give --finetune SRC (a checkpoint of these classes)")
     source = read_checkpoint(recipe.finetune)
     if source.num_classes is not None and source.num_classes != num_classes:
         raise ValueError(f"--qat fine-tunes a model of these classes: --finetune {recipe.finetune} has "
                          f"{source.num_classes} classes, --data {num_classes} (train it first without --qat)")
+    if source.class_names and source.class_names != class_names:
+        raise ValueError(f"--qat: the class folders of --data ({', '.join(class_names[:3])}, ...) differ from "
+                         f"--finetune {recipe.finetune}'s classes ({', '.join(source.class_names[:3])}, ...)")
     return prepare_qat(create_model(recipe.model, weights=source), recipe.img_size)
 
 
-def _export_qat_best(recipe: TrainRecipe, num_classes: int, best_path: Path, val_loader, output: Path) -> None:
-    """Convert the best QAT checkpoint to an int8 ExecuTorch program; log its top-1 in ExecuTorch."""
+def _export_qat_best(recipe: TrainRecipe, num_classes: int, best_path: Path, output: Path) -> None:
+    """Convert the best QAT checkpoint to an int8 ExecuTorch program; log its top-1 in ExecuTorch.
+
+    Evaluated on every val image by this (main) process: the training's val loader may be sharded.
+    """
     from .export import export_executorch, load_executorch
     from .models import create_model
     from .qat import convert_qat, prepare_qat
-    from .quantize import evaluate_artifact
+    from .quantize import evaluate_artifact, loader_samples
 
     state = read_training_checkpoint(best_path)["state_dict"]
 
@@ -612,14 +620,13 @@ def _export_qat_best(recipe: TrainRecipe, num_classes: int, best_path: Path, val
         model.load_state_dict(state)
         return model
 
-    images, labels = [], []
-    for batch, targets, _ in val_loader:
-        images += [image[None] for image in batch]
-        labels += [int(t) for t in targets]
+    loader = build_eval_loader(Path(recipe.data) / "val", recipe.img_size, recipe.crop_pct, recipe.batch_size,
+                               recipe.workers)
     path = output / "model-best-int8.pte"
+    example = torch.zeros(1, 3, recipe.img_size, recipe.img_size)
     with torch.no_grad():
-        export_executorch(convert_qat(best()), images[0], path)
-        stats = evaluate_artifact(load_executorch(path), images, best().eval(), labels)
+        export_executorch(convert_qat(best()), example, path)
+        stats = evaluate_artifact(load_executorch(path), loader_samples(loader), best().eval())
     (output / "int8.json").write_text(json.dumps({"path": str(path), **stats}, indent=2))
     log.info("int8 ExecuTorch program %s: val top-1 %.2f (%d images), %.2f%% agreement with the fake-quantized "
              "model", path, stats["top1"], stats["images"], stats["agreement"])

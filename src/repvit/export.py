@@ -306,14 +306,15 @@ def export_ncnn(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     import pnnx
 
     path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, _captured_output() as log, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # pnnx traces with torch.jit (deprecated)
+    with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        pnnx.export(model, str(work / "model.pt"), (example[:1],), fp16=False,
-                    ncnnparam=str(work / NCNN_FILES[0]), ncnnbin=str(work / NCNN_FILES[1]))
-        for name in NCNN_FILES:
+        with _captured_output() as log, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pnnx traces with torch.jit (deprecated)
+            pnnx.export(model, str(work / "model.pt"), (example[:1],), fp16=False,
+                        ncnnparam=str(work / NCNN_FILES[0]), ncnnbin=str(work / NCNN_FILES[1]))
+        for name in NCNN_FILES:  # pnnx reports failures on its output, not with an exception
             if not (work / name).is_file():
-                raise ExportError(f"pnnx wrote no {name}: {(log or ['no output'])[-1]}")
+                raise ExportError(f"pnnx wrote no {name}: {([line for line in log if line.strip()] or ['no output'])[-1]}")
             shutil.copy(work / name, path / name)
     return "ncnn param/bin via pnnx, fp32 weights, batch 1 (images run one at a time)"
 
@@ -333,9 +334,13 @@ def load_ncnn(path: Path, threads: int | None = None, fp16: bool = False) -> Cal
         outputs = []
         for image in x:
             extractor = net.create_extractor()
-            # ncnn.Mat wraps the array without copying: clone so ncnn owns its input
-            extractor.input("in0", ncnn.Mat(np.ascontiguousarray(image.numpy(), dtype=np.float32)).clone())
+            # ncnn.Mat wraps the array without copying or keeping it alive: hold the (possibly
+            # converted) array in a variable and give ncnn its own copy
+            pixels = np.ascontiguousarray(image.detach().float().numpy(), dtype=np.float32)
+            mat = ncnn.Mat(pixels).clone()
+            extractor.input("in0", mat)
             status, out = extractor.extract("out0")
+            del pixels
             if status:
                 raise ExportError(f"{path}: ncnn extract failed with status {status}")
             outputs.append(np.array(out, dtype=np.float32).reshape(-1))
@@ -495,7 +500,7 @@ def _export_int8(fmt: ExportFormat, model: nn.Module, path: Path, calibration: l
     result.export_seconds, result.size_mb = time.perf_counter() - start, _size_mb(path)
     try:  # real held-out images: random inputs say little about int8 accuracy
         run = load_onnx(path) if fmt.name == "onnx" else load_executorch(path)
-        stats = evaluate_artifact(run, held_out, model)
+        stats = evaluate_artifact(run, ((x, None) for x in held_out), model)
     except Exception as err:
         result.status, result.parity = "parity failed", f"could not run: {_first_line(err)}"
         return result
@@ -584,9 +589,11 @@ def export(
     names = check_formats(formats)
     if img_size < 32 or batch < 1:
         raise ExportError(f"--img-size must be >= 32 and --batch >= 1, got {img_size} and {batch}")
-    if int8 and (calib is None or batch != 1):
+    if int8 and (calib is None or batch != 1 or dynamic_batch):
         raise ExportError("--int8 needs --calib DATA (an ImageFolder root or 'digits': real images to calibrate "
-                          "on) and --batch 1")
+                          "on), --batch 1 and no --dynamic-batch")
+    if int8 and calib_images < 1:
+        raise ExportError(f"--calib-images must be >= 1, got {calib_images}")
     if isinstance(model, str):
         get_variant(model)
         name = model
@@ -605,10 +612,9 @@ def export(
     options = dict(dynamic_batch=dynamic_batch, image_input=image_input, coreml_precision=coreml_precision)
     calibration = None
     if int8:
-        from .quantize import calibration_images, held_out_images
+        from .quantize import calibration_and_held_out
 
-        calibration = (calibration_images(calib, img_size, calib_images, crop_pct=crop_pct),
-                       held_out_images(calib, img_size, crop_pct=crop_pct))
+        calibration = calibration_and_held_out(calib, img_size, calib_images, crop_pct=crop_pct)
     results = []
     for fmt_name in names:
         fmt = FORMATS[fmt_name]
@@ -617,7 +623,7 @@ def export(
             result = _export_one(fmt, net, example, reference, path, options, tolerance, calibration)
         results.append(result)
         if result.status in ("ok", "parity failed"):
-            _write_metadata(path, name, weights, result, example, image_input, fmt_name)
+            _write_metadata(path, name, weights, result, example, image_input, fmt_name, crop_pct)
     return results
 
 
@@ -633,7 +639,7 @@ def _versions() -> dict:
 
 
 def _write_metadata(path: Path, name: str, weights, result: ExportResult, example: torch.Tensor,
-                    image_input: bool, fmt: str) -> None:
+                    image_input: bool, fmt: str, crop_pct: float = 0.875) -> None:
     image = fmt == "coreml" and image_input
     input_name, output_name = FORMATS[fmt].io_names
     meta = {
@@ -643,7 +649,7 @@ def _write_metadata(path: Path, name: str, weights, result: ExportResult, exampl
         "input": {"name": input_name, "shape": list(example.shape[1:] if fmt == "ncnn" else example.shape), "layout": "CHW" if fmt == "ncnn" else "NCHW",
                   "dtype": "uint8 RGB image" if image else "float32"},
         "preprocessing": ("none: RGB pixels 0..255, normalisation built in" if image else
-                          {"resize": "shorter side to img_size / 0.875, bicubic", "center_crop": example.shape[-1],
+                          {"resize": f"shorter side to img_size / {crop_pct}, bicubic", "center_crop": example.shape[-1],
                            "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD)}),
         "output": {"name": output_name},
         "export": {k: v for k, v in asdict(result).items() if k != "path"},

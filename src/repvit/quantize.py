@@ -24,31 +24,69 @@ from torch import nn
 
 from .data import IMG_EXTENSIONS, DatasetError, check_image_folder, eval_transform, load_image
 
-__all__ = ["image_samples", "calibration_images", "quantize_xnnpack", "export_executorch_int8",
-           "export_onnx_int8", "compare_outputs", "evaluate_artifact", "quantize_eval", "INT8_FORMATS"]
+__all__ = ["ImageSet", "image_set", "calibration_images", "calibration_and_held_out", "quantize_xnnpack",
+           "export_executorch_int8", "export_onnx_int8", "evaluate_artifact", "loader_samples", "quantize_eval",
+           "INT8_FORMATS"]
 
 #: Formats with an int8 path -> the runtime that executes them.
 INT8_FORMATS = {"executorch": "executorch", "onnx": "onnxruntime"}
 
 
 def _resolve_source(source) -> Path:
-    if str(source) == "digits":
+    if str(source) == "digits" and not Path(source).is_dir():  # a folder of that name wins
         from .data import make_digits_image_folder
 
         return make_digits_image_folder(Path(tempfile.gettempdir()) / "repvit-digits")
     return Path(source)
 
 
-def image_samples(source, split: str = "train", img_size: int = 224, count: int | None = 512,
-                  crop_pct: float = 0.875, seed: int = 0, argument: str = "--calib"):
-    """Up to ``count`` images (a fixed random subset; all when ``count`` is None) of one split.
+def _split_folder(root: Path, split: str) -> Path:
+    """``root/split``; else the one split the root has; else the root itself (a class-folder tree)."""
+    if (root / split).is_dir():
+        return root / split
+    present = [root / s for s in ("train", "val") if (root / s).is_dir()]
+    return present[0] if present else root
 
-    ``source``: an ImageFolder root (its ``split`` folder; the root itself when it is a plain
-    class-folder tree) or ``"digits"``. Returns (images as normalised (1, 3, H, W) tensors, labels,
-    class names). Unreadable files are skipped.
+
+class ImageSet:
+    """Image files of one split with their labels, read (and transformed) only while iterated.
+
+    Iterating yields ``(image as a normalised (1, 3, H, W) tensor, label)``; unreadable files are
+    skipped. Large sets (ImageNet's val) never sit in memory as tensors.
     """
+
+    def __init__(self, files: list[Path], labels: list[int], classes: list[str], img_size: int, crop_pct: float):
+        self.files, self.labels, self.classes = files, labels, classes
+        self.transform = eval_transform(img_size, crop_pct)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, indices) -> "ImageSet":
+        chosen = sorted(indices)
+        subset = ImageSet([self.files[i] for i in chosen], [self.labels[i] for i in chosen], self.classes, 32, 1.0)
+        subset.transform = self.transform
+        return subset
+
+    def __iter__(self):
+        for f, label in zip(self.files, self.labels):
+            try:
+                yield self.transform(load_image(f))[None], label
+            except ValueError:  # unreadable files do not stop a calibration or an evaluation
+                continue
+
+    def tensors(self) -> list[torch.Tensor]:
+        images = [x for x, _ in self]
+        if not images:
+            raise DatasetError(f"no readable images among {len(self)} files ({self.files[0].parent.parent if self.files else '-'})")
+        return images
+
+
+def image_set(source, split: str = "train", img_size: int = 224, crop_pct: float = 0.875,
+              argument: str = "--calib") -> ImageSet:
+    """Every image of one split of ``source`` (an ImageFolder root, a class-folder tree, or ``"digits"``)."""
     root = _resolve_source(source)
-    folder = root / split if (root / split).is_dir() else root
+    folder = _split_folder(root, split)
     try:
         classes = check_image_folder(folder.parent, splits=(folder.name,))
     except DatasetError as err:
@@ -59,33 +97,44 @@ def image_samples(source, split: str = "train", img_size: int = 224, count: int 
             if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS:
                 files.append(f)
                 labels.append(index)
-    order = list(range(len(files)))
+    return ImageSet(files, labels, classes, img_size, crop_pct)
+
+
+def _shuffled(n: int, seed: int) -> list[int]:
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    order = sorted(order[:count] if count else order)
-    transform = eval_transform(img_size, crop_pct)
-    images, kept = [], []
-    for i in order:
-        try:
-            images.append(transform(load_image(files[i]))[None])
-            kept.append(labels[i])
-        except ValueError:  # unreadable files do not stop a calibration
-            continue
-    if not images:
-        raise DatasetError(f"{argument} {source}: no readable images in {folder}")
-    return images, kept, classes
+    return order
+
+
+def calibration_and_held_out(source, img_size: int = 224, count: int = 512, held_out: int = 128,
+                             crop_pct: float = 0.875, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``count`` calibration images and up to ``held_out`` different images to check the result on.
+
+    Calibration comes from ``train/`` and the check from ``val/`` when both exist; otherwise one
+    split is divided so that no checked image was calibrated on.
+    """
+    if count < 1:
+        raise ValueError(f"--calib-images must be >= 1, got {count}")
+    root = _resolve_source(source)
+    calib = image_set(root, "train", img_size, crop_pct)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        check = image_set(root, "val", img_size, crop_pct)
+        return (calib.subset(_shuffled(len(calib), seed)[:count]).tensors(),
+                check.subset(_shuffled(len(check), seed + 1)[:held_out]).tensors())
+    order = _shuffled(len(calib), seed)
+    n_check = min(held_out, len(order) // 4)  # one split only: keep a quarter (at most) aside
+    if n_check < 1 or len(order) - n_check < 1:
+        raise DatasetError(f"--calib {source}: too few images ({len(order)}) to calibrate and check on different ones")
+    return (calib.subset(order[n_check:n_check + count]).tensors(), calib.subset(order[:n_check]).tensors())
 
 
 def calibration_images(source, img_size: int = 224, count: int = 512, split: str = "train",
                        crop_pct: float = 0.875, seed: int = 0) -> list[torch.Tensor]:
-    """Up to ``count`` calibration images of ``source`` (see :func:`image_samples`)."""
-    return image_samples(source, split, img_size, count, crop_pct, seed)[0]
-
-
-def held_out_images(source, img_size: int = 224, count: int = 128, crop_pct: float = 0.875) -> list[torch.Tensor]:
-    """Images to check an int8 artifact on: the ``val`` split when there is one (not calibrated on)."""
-    root = _resolve_source(source)
-    split = "val" if (root / "val").is_dir() else "train"
-    return image_samples(root, split, img_size, count, crop_pct, seed=1)[0]
+    """Up to ``count`` images (a fixed random subset) of one split of ``source``, as tensors."""
+    if count < 1:
+        raise ValueError(f"--calib-images must be >= 1, got {count}")
+    images = image_set(source, split, img_size, crop_pct)
+    return images.subset(_shuffled(len(images), seed)[:count]).tensors()
 
 
 def xnnpack_quantizer(qat: bool = False):
@@ -142,33 +191,39 @@ def export_onnx_int8(model: nn.Module, example: torch.Tensor, path: Path, calibr
     return f"int8 (ORT static, QDQ, per-channel s8 weights, u8 activations), {len(calibration)} calibration images"
 
 
-def evaluate_artifact(run, images: list[torch.Tensor], reference: nn.Module, labels: list[int] | None = None) -> dict:
+def evaluate_artifact(run, samples, reference: nn.Module) -> dict:
     """How ``run`` (an artifact's runner, batch 1) does on real images, against ``reference``.
 
-    Returns top-1 agreement with the reference, mean cosine similarity of the logits, the largest
-    logit difference and, when ``labels`` are given, top-1 accuracy.
+    ``samples``: an iterable of ``(image (1, 3, H, W), label or None)``, consumed once. Returns top-1
+    agreement with the reference, mean cosine similarity of the logits, the largest logit
+    difference and, when labels are given, top-1 accuracy.
     """
-    hits = agree = 0
-    cosines, max_diff = [], 0.0
+    hits = agree = n = labelled = 0
+    cosine_sum, max_diff = 0.0, 0.0
     with torch.no_grad():
-        for i, x in enumerate(images):
+        for x, label in samples:
             out = torch.from_numpy(np.asarray(run(x), dtype=np.float32)).reshape(1, -1)
             ref = reference(x).float().reshape(1, -1)
             agree += int(out.argmax() == ref.argmax())
-            if labels is not None:
-                hits += int(out.argmax() == labels[i])
-            cosines.append(float(nn.functional.cosine_similarity(out, ref).item()))
+            if label is not None:
+                labelled += 1
+                hits += int(out.argmax() == label)
+            cosine_sum += float(nn.functional.cosine_similarity(out, ref).item())
             max_diff = max(max_diff, float((out - ref).abs().max()))
-    stats = {"agreement": 100 * agree / len(images), "cosine": float(np.mean(cosines)),
-             "max_abs_diff": max_diff, "images": len(images)}
-    if labels is not None:
-        stats["top1"] = 100 * hits / len(images)
+            n += 1
+    if n == 0:
+        raise DatasetError("no readable images to evaluate on")
+    stats = {"agreement": 100 * agree / n, "cosine": cosine_sum / n, "max_abs_diff": max_diff, "images": n}
+    if labelled:
+        stats["top1"] = 100 * hits / labelled
     return stats
 
 
-def compare_outputs(run, reference: nn.Module, images: list[torch.Tensor]) -> dict:
-    """Kept for callers that only compare: :func:`evaluate_artifact` without labels."""
-    return evaluate_artifact(run, images, reference)
+def loader_samples(loader):
+    """``(image (1, 3, H, W), label)`` pairs from a batched eval DataLoader (for batch-1 programs)."""
+    for images, targets, _ in loader:
+        for image, target in zip(images, targets):
+            yield image[None], int(target)
 
 
 def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), img_size: int = 224,
@@ -181,13 +236,17 @@ def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), 
     artifacts on the same val images. Returns ``{"model", "val_images", "pytorch": {...},
     "rows": [{"runtime", "precision", "top1", "agreement", "cosine", ...}]}``.
     """
-    from .export import FORMATS, _missing, export_executorch, export_onnx, load_executorch, load_onnx
+    from .export import FORMATS, _first_line, _missing, check_formats, export_executorch, export_onnx, \
+        load_executorch, load_onnx
     from .models import create_model
     from .reparam import reparameterize
 
+    formats = check_formats(formats)
     unknown = [f for f in formats if f not in INT8_FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"--formats: int8 is available for {', '.join(INT8_FORMATS)}, got {', '.join(unknown) or '(none)'}")
+    if unknown:
+        raise ValueError(f"--formats: int8 is available for {', '.join(INT8_FORMATS)}, got {', '.join(unknown)}")
+    if calib_images < 1 or (val_images is not None and val_images < 1):
+        raise ValueError("--calib-images and --val-images must be >= 1")
     checkpoint = None
     if isinstance(model, str):
         from .weights import read_checkpoint
@@ -200,23 +259,28 @@ def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), 
     root = _resolve_source(data)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise DatasetError(f"--data {data}: expected train/ and val/ folders (calibration on train, top-1 on val)")
-    calibration = image_samples(root, "train", img_size, calib_images, crop_pct, argument="--data")[0]
-    images, labels, classes = image_samples(root, "val", img_size, val_images, crop_pct, argument="--data")
+    calibration = calibration_images(root, img_size, calib_images, crop_pct=crop_pct)
+    val = image_set(root, "val", img_size, crop_pct, argument="--data")
+    if val_images is not None:
+        val = val.subset(_shuffled(len(val), 1)[:val_images])
     num_classes = getattr(net, "num_classes", None)
-    if num_classes is not None and num_classes != len(classes):
-        raise DatasetError(f"--data {data}: {len(classes)} classes, but the model has {num_classes} outputs "
+    if num_classes is not None and num_classes != len(val.classes):
+        raise DatasetError(f"--data {data}: {len(val.classes)} classes, but the model has {num_classes} outputs "
                            "(pass --weights trained on this data)")
-    if checkpoint is not None and checkpoint.class_names and checkpoint.class_names != classes:
-        raise DatasetError(f"--data {data}: class folders {classes[:3]}... differ from the checkpoint's classes "
+    if checkpoint is not None and checkpoint.class_names and checkpoint.class_names != val.classes:
+        raise DatasetError(f"--data {data}: class folders {val.classes[:3]}... differ from the checkpoint's classes "
                            f"{checkpoint.class_names[:3]}...")
-    ref_hits = 0
+    ref_hits = n = 0
     with torch.no_grad():
-        for x, y in zip(images, labels):
+        for x, y in val:
             ref_hits += int(net(x).argmax() == y)
+            n += 1
+    if n == 0:
+        raise DatasetError(f"--data {data}: no readable images in val/")
     report = {"model": name, "weights": str(weights) if weights else None, "data": str(data),
-              "val_images": len(images), "calib_images": len(calibration), "img_size": img_size,
-              "pytorch": {"top1": 100 * ref_hits / len(images)}, "rows": []}
-    example = images[0]
+              "val_images": n, "calib_images": len(calibration), "img_size": img_size,
+              "pytorch": {"top1": 100 * ref_hits / n}, "rows": []}
+    example = calibration[0]
     exporters = {"executorch": (export_executorch, export_executorch_int8, load_executorch),
                  "onnx": (export_onnx, export_onnx_int8, load_onnx)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,19 +292,22 @@ def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), 
             missing = _missing(FORMATS[fmt].requires)
             for precision in ("fp32", "int8"):
                 row = {"runtime": runtime, "precision": precision}
+                report["rows"].append(row)
                 if missing:
-                    report["rows"].append({**row, "status": f"unavailable: pip install 'repvit[export]' ({', '.join(missing)})"})
+                    row["status"] = f"unavailable: pip install 'repvit[{FORMATS[fmt].extra}]' ({', '.join(missing)})"
                     continue
                 path = out / f"{name}{'_int8' if precision == 'int8' else ''}{FORMATS[fmt].suffix}"
                 start = time.perf_counter()
-                with torch.no_grad():
-                    if precision == "fp32":
-                        export_fp32(net, example, path)
-                    else:
-                        export_int8(net, example, path, calibration)
-                row["export_seconds"] = time.perf_counter() - start
-                row.update(status="ok", **evaluate_artifact(load(path), images, net, labels))
-                report["rows"].append(row)
+                try:  # one failing runtime is a row, not the end of the report
+                    with torch.no_grad():
+                        if precision == "fp32":
+                            export_fp32(net, example, path)
+                        else:
+                            export_int8(net, example, path, calibration)
+                    row["export_seconds"] = time.perf_counter() - start
+                    row.update(status="ok", **evaluate_artifact(load(path), val, net))
+                except Exception as err:
+                    row["status"] = f"failed: {_first_line(err)}"
     return report
 
 

@@ -20,7 +20,7 @@ from .data import make_digits_image_folder
 from .engine import build_eval_loader, evaluate_pair, train
 from .export import export, load_executorch, load_onnx
 from .models import create_model
-from .quantize import evaluate_artifact
+from .quantize import evaluate_artifact, loader_samples
 from .recipe import load_recipe
 from .reparam import reparameterize
 
@@ -29,11 +29,7 @@ __all__ = ["run_quickstart"]
 
 def _runtime_accuracy(run, loader, reference: torch.nn.Module) -> dict:
     """Top-1 of an exported artifact on the val images, and its agreement with PyTorch."""
-    images, labels = [], []
-    for batch, targets, _ in loader:  # exported programs have a fixed batch of 1
-        images += [image[None] for image in batch]
-        labels += [int(t) for t in targets]
-    stats = evaluate_artifact(run, images, reference, labels)
+    stats = evaluate_artifact(run, loader_samples(loader), reference)  # exported programs take batch 1
     return {"top1": stats["top1"], "agreement": stats["agreement"], "max_abs_logit_diff": stats["max_abs_diff"],
             "n": stats["images"]}
 

@@ -247,6 +247,10 @@ def _read_file(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt file?): {_short_reason(err)}") from None
 
     metadata = {}
+    if isinstance(obj, dict) and obj.get("qat") is True:
+        raise CheckpointError(f"{path}: a `repvit train --qat` checkpoint (a fake-quantized graph, not RepViT "
+                              f"weights): use the model-best-int8.pte next to it, or continue it with repvit train "
+                              f"--resume {path}")
     if isinstance(obj, dict):
         if isinstance(obj.get("repvit_metadata"), dict):
             metadata = {k: str(v) for k, v in obj["repvit_metadata"].items()}
