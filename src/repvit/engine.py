@@ -566,7 +566,11 @@ def train(recipe: TrainRecipe) -> TrainResult:
             writer.close()
         if recipe.qat and ctx.is_main and best_path.is_file() and epoch + 1 == recipe.epochs:
             # after the last epoch only: converting and lowering takes ~1 min for M0.9
-            _export_qat_best(recipe, num_classes, best_path, output)
+            try:
+                _export_qat_best(recipe, num_classes, best_path, output)
+            except Exception as err:  # the trained checkpoints are safe; say what failed, in one line
+                log.error("could not convert %s to an int8 ExecuTorch program: %s: %s", best_path,
+                          type(err).__name__, str(err).strip().splitlines()[0][:240] if str(err).strip() else "")
         if ctx.distributed:
             dist.barrier()
         if recipe.qat:  # written only when the schedule completes (not after --stop-after-epochs)
