@@ -22,7 +22,7 @@ import re
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -236,10 +236,7 @@ def _prepare(runtime: str, model: nn.Module, example: torch.Tensor, workdir: Pat
     fmt = FORMATS[spec.format]
     path = workdir / (re.sub(r"[^\w.-]", "_", tag) + fmt.suffix)
     if spec.int8:
-        from .quantize import export_executorch_int8, export_onnx_int8
-
-        exporter = export_onnx_int8 if spec.format == "onnx" else export_executorch_int8
-        exporter(model, example, path, calibration or [example])
+        fmt.write_int8(model, example, path, calibration or [example])
     else:
         fmt.write(model, example, path)
     run = fmt.load(path, threads=threads)

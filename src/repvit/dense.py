@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from .engine import ProcessContext, _all_reduce_sum, _atomic_save, setup_process, sync_buffers
+from .engine import ProcessContext, ShardSampler, _all_reduce_sum, _atomic_save, setup_process, sync_buffers
 from .recipe import Recipe, option
 
 __all__ = ["DenseRecipe", "DenseTask", "train_dense", "freeze_backbone_norm", "read_dense_checkpoint",
@@ -94,16 +94,6 @@ def freeze_backbone_norm(model: nn.Module) -> None:
                     m.eval()
 
 
-class _ShardSampler(Sampler):
-    def __init__(self, length: int, rank: int, world: int):
-        self.indices = list(range(rank, length, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
 
 class _ResumeSampler(Sampler):
     """The epoch's order, from position ``skip`` on (resuming in the middle of an epoch)."""
@@ -122,6 +112,19 @@ def _amp_dtype(amp: str, device: torch.device):
     if amp == "auto":
         amp = "fp16" if device.type == "cuda" else "off"
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def restore_dense_model(model: nn.Module, state: dict, deploy: bool = True) -> nn.Module:
+    """Load a dense checkpoint's weights into ``model`` (built from its recipe), saved in either
+    structure; returns the reparameterized model unless ``deploy=False`` (a training-structure copy)."""
+    from .reparam import reparameterize
+
+    if state.get("deployed"):  # model-best-deployed.pth: the fused structure only
+        model = reparameterize(model)
+        model.load_state_dict(state["state_dict"])
+        return model
+    model.load_state_dict(state["state_dict"])
+    return reparameterize(model) if deploy else model.eval()
 
 
 def read_dense_checkpoint(path, task: str) -> dict:
@@ -154,7 +157,7 @@ def train_dense(task: DenseTask, recipe) -> dict:
             raise ValueError(f"{len(sampler)} training images per process is fewer than one batch of {recipe.batch_size}")
         total = task.total_iters(recipe, iters_per_epoch)
         eval_interval = recipe.eval_interval or iters_per_epoch
-        val_loader = DataLoader(val_set, batch_size=1, sampler=_ShardSampler(len(val_set), ctx.rank, ctx.world_size),
+        val_loader = DataLoader(val_set, batch_size=1, sampler=ShardSampler(len(val_set), ctx.rank, ctx.world_size),
                                 num_workers=recipe.workers, collate_fn=task.collate)
 
         torch.manual_seed(recipe.seed)

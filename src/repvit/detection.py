@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from .data import DatasetError
-from .dense import DenseRecipe, all_gather_objects, read_dense_checkpoint, sample_generator, train_dense
+from .dense import (DenseRecipe, all_gather_objects, read_dense_checkpoint, restore_dense_model, sample_generator,
+                    train_dense)
 from .recipe import option
 
 __all__ = ["DetectRecipe", "RepViTFPN", "CocoDataset", "DetectionTask", "build_detector", "train_detector",
@@ -353,17 +354,10 @@ def train_detector(recipe: DetectRecipe) -> dict:
 def load_detector(checkpoint, deploy: bool = True):
     """(model, recipe, class names) from a ``repvit detect train`` checkpoint; reparameterized
     unless ``deploy=False``."""
-    from .reparam import reparameterize
-
     state = read_dense_checkpoint(checkpoint, "detect")
     recipe = DetectRecipe.load(None, **{**state["recipe"], "weights": None, "resume": None})
     model = build_detector(recipe, len(state["class_names"]))
-    if state.get("deployed"):
-        model = reparameterize(model)
-        model.load_state_dict(state["state_dict"])
-        return model, recipe, state["class_names"]
-    model.load_state_dict(state["state_dict"])
-    return (reparameterize(model) if deploy else model.eval()), recipe, state["class_names"]
+    return restore_dense_model(model, state, deploy), recipe, state["class_names"]
 
 
 def predict_detections(checkpoint, images, out_dir, device: str = "cpu", score_thresh: float = 0.5) -> list[Path]:

@@ -17,7 +17,6 @@ the best checkpoint to an int8 ExecuTorch program at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -71,7 +70,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:N (or auto)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return dev

@@ -415,6 +415,19 @@ class ExportFormat:
     write: Callable = field(repr=False)  # (model, example, path, **options) -> detail
     load: Callable = field(repr=False)  # (path, **options) -> run(x) -> ndarray
     io_names: tuple[str, str] = (INPUT_NAME, OUTPUT_NAME)
+    write_int8: Callable | None = field(default=None, repr=False)  # (model, example, path, calibration) -> detail
+
+
+def _write_onnx_int8(model, example, path, calibration):
+    from .quantize import export_onnx_int8
+
+    return export_onnx_int8(model, example, path, calibration)
+
+
+def _write_executorch_int8(model, example, path, calibration):
+    from .quantize import export_executorch_int8
+
+    return export_executorch_int8(model, example, path, calibration)
 
 
 FORMATS: dict[str, ExportFormat] = {
@@ -422,9 +435,10 @@ FORMATS: dict[str, ExportFormat] = {
     for f in (
         ExportFormat("onnx", ".onnx", ("onnx", "onnxscript", "onnxruntime"), "export", "ONNX, checked in ONNX Runtime",
                      lambda m, x, p, dynamic_batch=False, **_: export_onnx(m, x, p, dynamic_batch=dynamic_batch),
-                     lambda p, threads=None, **_: load_onnx(p, threads)),
+                     lambda p, threads=None, **_: load_onnx(p, threads), write_int8=_write_onnx_int8),
         ExportFormat("executorch", ".pte", ("executorch",), "export", "ExecuTorch + XNNPACK, checked in its runtime",
-                     lambda m, x, p, **_: export_executorch(m, x, p), lambda p, **_: load_executorch(p)),
+                     lambda m, x, p, **_: export_executorch(m, x, p), lambda p, **_: load_executorch(p),
+                     write_int8=_write_executorch_int8),
         ExportFormat("coreml", ".mlpackage", ("coremltools",), "export", "Core ML ML Program (.mlpackage)",
                      lambda m, x, p, image_input=False, coreml_precision="fp32", **_: export_coreml(
                          m, x, p, image_input=image_input, precision=coreml_precision),
@@ -485,22 +499,20 @@ INT8_MIN_COSINE = 0.98
 
 def _export_int8(fmt: ExportFormat, model: nn.Module, path: Path, calibration: list[torch.Tensor],
                  held_out: list[torch.Tensor]) -> ExportResult:
-    from .quantize import INT8_FORMATS, evaluate_artifact, export_executorch_int8, export_onnx_int8
+    from .quantize import INT8_FORMATS, evaluate_artifact
 
-    if fmt.name not in INT8_FORMATS:
+    if fmt.write_int8 is None:
         return ExportResult(f"{fmt.name} int8", "unavailable", parity="not run",
                             detail=f"int8 is available for {', '.join(INT8_FORMATS)}")
     result, start = ExportResult(f"{fmt.name} int8", "ok", str(path)), time.perf_counter()
     try:
-        exporter = export_onnx_int8 if fmt.name == "onnx" else export_executorch_int8
-        result.detail = exporter(model, calibration[0], path, calibration)
+        result.detail = fmt.write_int8(model, calibration[0], path, calibration)
     except Exception as err:
         return ExportResult(result.format, "export failed", parity="not run", detail=_first_line(err),
                             export_seconds=time.perf_counter() - start)
     result.export_seconds, result.size_mb = time.perf_counter() - start, _size_mb(path)
     try:  # real held-out images: random inputs say little about int8 accuracy
-        run = load_onnx(path) if fmt.name == "onnx" else load_executorch(path)
-        stats = evaluate_artifact(run, ((x, None) for x in held_out), model)
+        stats = evaluate_artifact(fmt.load(path), ((x, None) for x in held_out), model)
     except Exception as err:
         result.status, result.parity = "parity failed", f"could not run: {_first_line(err)}"
         return result

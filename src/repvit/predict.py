@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import eval_transform, imagenet_class_names, load_image
+from .engine import resolve_device
 from .models import create_model, get_variant
 from .reparam import reparameterize
 from .weights import CheckpointError, default_weights, read_checkpoint
@@ -20,16 +21,6 @@ class Prediction:
     classes: list[tuple[int, str, float]]  # (class index, class name, probability), best first
 
 
-def _check_device(device: str) -> torch.device:
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def predict(images, model: str = "repvit_m0_9", weights=None, topk: int = 5, img_size: int = 224,
             device: str = "cpu") -> list[Prediction]:
     """Top-k classes for each image, using the paper's eval transform and the fused model.
@@ -39,7 +30,7 @@ def predict(images, model: str = "repvit_m0_9", weights=None, topk: int = 5, img
     get_variant(model)
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
-    device = _check_device(device)
+    device = resolve_device(device)
     pictures = [load_image(p) for p in images]  # fail on a bad file before loading any weights
     if weights is None:
         weights = default_weights(model)

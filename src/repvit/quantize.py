@@ -23,13 +23,15 @@ import torch
 from torch import nn
 
 from .data import IMG_EXTENSIONS, DatasetError, check_image_folder, eval_transform, load_image
+from .export import FORMATS
 
 __all__ = ["ImageSet", "image_set", "calibration_images", "calibration_and_held_out", "quantize_xnnpack",
            "export_executorch_int8", "export_onnx_int8", "evaluate_artifact", "loader_samples", "quantize_eval",
            "INT8_FORMATS"]
 
-#: Formats with an int8 path -> the runtime that executes them.
+#: Formats with an int8 path (``write_int8`` in the export table) -> the runtime that executes them.
 INT8_FORMATS = {"executorch": "executorch", "onnx": "onnxruntime"}
+assert set(INT8_FORMATS) == {name for name, fmt in FORMATS.items() if fmt.write_int8}
 
 
 def _resolve_source(source) -> Path:
@@ -236,8 +238,7 @@ def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), 
     artifacts on the same val images. Returns ``{"model", "val_images", "pytorch": {...},
     "rows": [{"runtime", "precision", "top1", "agreement", "cosine", ...}]}``.
     """
-    from .export import FORMATS, _first_line, _missing, check_formats, export_executorch, export_onnx, \
-        load_executorch, load_onnx
+    from .export import _first_line, _missing, check_formats
     from .models import create_model
     from .reparam import reparameterize
 
@@ -281,31 +282,28 @@ def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), 
               "val_images": n, "calib_images": len(calibration), "img_size": img_size,
               "pytorch": {"top1": 100 * ref_hits / n}, "rows": []}
     example = calibration[0]
-    exporters = {"executorch": (export_executorch, export_executorch_int8, load_executorch),
-                 "onnx": (export_onnx, export_onnx_int8, load_onnx)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(out_dir) if out_dir else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
-            runtime = INT8_FORMATS[fmt]
-            export_fp32, export_int8, load = exporters[fmt]
-            missing = _missing(FORMATS[fmt].requires)
+            runtime, spec = INT8_FORMATS[fmt], FORMATS[fmt]
+            missing = _missing(spec.requires)
             for precision in ("fp32", "int8"):
                 row = {"runtime": runtime, "precision": precision}
                 report["rows"].append(row)
                 if missing:
-                    row["status"] = f"unavailable: pip install 'repvit[{FORMATS[fmt].extra}]' ({', '.join(missing)})"
+                    row["status"] = f"unavailable: pip install 'repvit[{spec.extra}]' ({', '.join(missing)})"
                     continue
-                path = out / f"{name}{'_int8' if precision == 'int8' else ''}{FORMATS[fmt].suffix}"
+                path = out / f"{name}{'_int8' if precision == 'int8' else ''}{spec.suffix}"
                 start = time.perf_counter()
                 try:  # one failing runtime is a row, not the end of the report
                     with torch.no_grad():
                         if precision == "fp32":
-                            export_fp32(net, example, path)
+                            spec.write(net, example, path)
                         else:
-                            export_int8(net, example, path, calibration)
+                            spec.write_int8(net, example, path, calibration)
                     row["export_seconds"] = time.perf_counter() - start
-                    row.update(status="ok", **evaluate_artifact(load(path), val, net))
+                    row.update(status="ok", **evaluate_artifact(spec.load(path), val, net))
                 except Exception as err:
                     row["status"] = f"failed: {_first_line(err)}"
     return report

@@ -18,7 +18,7 @@ import torch
 from .bench import machine_info
 from .data import make_digits_image_folder
 from .engine import build_eval_loader, evaluate_pair, train
-from .export import export, load_executorch, load_onnx
+from .export import FORMATS, export
 from .models import create_model
 from .quantize import evaluate_artifact, loader_samples
 from .recipe import load_recipe
@@ -82,7 +82,7 @@ def run_quickstart(model: str = "repvit_m0_9", epochs: int | None = None, output
         if r.status != "ok":
             runtimes[r.format] = {"status": r.status, "detail": r.detail or r.parity}
             continue
-        run = load_onnx(Path(r.path)) if r.format == "onnx" else load_executorch(Path(r.path))
+        run = FORMATS[r.format].load(Path(r.path))
         runtimes[r.format] = {"status": "ok", "size_mb": r.size_mb, "parity": r.parity,
                               **_runtime_accuracy(run, loader, deployed)}
     summary = {

@@ -318,18 +318,12 @@ def train_segmenter(recipe: SegmentRecipe) -> dict:
 
 def load_segmenter(checkpoint, deploy: bool = True) -> tuple[SemanticFPN, SegmentRecipe, list[str]]:
     """A segmenter from a ``repvit segment train`` checkpoint (reparameterized unless deploy=False)."""
-    from .dense import read_dense_checkpoint
-    from .reparam import reparameterize
+    from .dense import read_dense_checkpoint, restore_dense_model
 
     state = read_dense_checkpoint(checkpoint, "segment")
     recipe = SegmentRecipe.load(None, **{**state["recipe"], "weights": None, "resume": None})
     model = build_segmenter(recipe)
-    if state.get("deployed"):
-        model = reparameterize(model)
-        model.load_state_dict(state["state_dict"])
-        return model, recipe, state["class_names"]
-    model.load_state_dict(state["state_dict"])
-    return (reparameterize(model) if deploy else model.eval()), recipe, state["class_names"]
+    return restore_dense_model(model, state, deploy), recipe, state["class_names"]
 
 
 def palette(num_classes: int) -> np.ndarray:
