@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from repvit import bench as bench_mod
-from repvit.bench import BenchReport, plot_pareto, resolve_models, run_bench, run_throughput
+from repvit.tools import BenchReport, plot_pareto, resolve_models, run_bench, run_throughput
+from repvit.utils import extras
 
 pytestmark = pytest.mark.bench
 
@@ -65,7 +65,7 @@ def test_bench_two_models_two_runtimes(tmp_path):
 
 
 def test_unavailable_runtime_is_a_skipped_row(monkeypatch):
-    monkeypatch.setattr(bench_mod, "_missing", lambda modules: list(modules))
+    monkeypatch.setattr(extras, "missing_modules", lambda modules: list(modules))
     report = run_bench("repvit_m0_6", ["eager", "onnxruntime"], img_size=64, warmup=0, rounds=1, iters=1, progress=False)
     assert report.row("repvit_m0_6", "eager")["status"] == "ok"
     skipped = report.row("repvit_m0_6", "onnxruntime")
@@ -91,7 +91,7 @@ def test_more_runtimes_and_int8_twins():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown runtime tensorrt"):
         run_bench("repvit_m0_6", "eager,tensorrt")
-    with pytest.raises(ValueError, match="--threads"):
+    with pytest.raises(ValueError, match="threads, batch, rounds and iters must be >= 1"):
         run_bench("repvit_m0_6", "eager", threads=0)
 
 

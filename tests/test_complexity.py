@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import repvit
-from repvit.complexity import count_macs, count_params, model_stats
-from repvit.published import published
+from repvit.tools import count_macs, count_params, model_stats, published
 
 # Exact fused counts re-derived from the official configs (shared/paper-facts.md, section 2b, [calc]).
 EXACT = {  # name: (params, GMACs to 3 decimals)

@@ -9,8 +9,8 @@ import torch
 import repvit
 from repvit.cli import main
 from repvit.data import DatasetError
-from repvit.detection import CocoDataset, DetectRecipe, build_detector, coco_evaluate, train_detector
-from repvit.synthetic import make_shapes_coco
+from repvit.data import make_shapes_coco
+from repvit.dense import CocoDataset, DetectRecipe, build_detector, coco_evaluate, train_detector
 from conftest import settle_batchnorm
 
 pytestmark = pytest.mark.dense

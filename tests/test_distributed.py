@@ -83,7 +83,7 @@ def test_segmentation_under_torchrun_evaluates_every_image_once(tmp_path):
     # sharded evaluation summed over 2 processes == evaluating the same weights in one process
     import json
 
-    from repvit.synthetic import make_shapes_segmentation
+    from repvit.data import make_shapes_segmentation
 
     data = make_shapes_segmentation(tmp_path / "seg", n_train=8, n_val=5, size=64)
     out = tmp_path / "run"

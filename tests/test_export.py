@@ -10,6 +10,8 @@ import repvit
 from repvit import export as export_mod
 from repvit.cli import main
 from repvit.export import ExportError, export
+from repvit.export import executorch as executorch_backend
+from repvit.utils import extras
 from conftest import settle_batchnorm
 
 pytestmark = pytest.mark.export
@@ -112,17 +114,17 @@ def test_unknown_format_and_bad_options():
     with pytest.raises(ExportError, match="unknown export format tensorrt; choose from onnx, executorch, coreml, "
                                           "litert, ncnn, openvino"):
         export("repvit_m0_6", ["onnx", "tensorrt"])
-    with pytest.raises(ExportError, match="img-size"):
+    with pytest.raises(ExportError, match="img_size must be >= 32"):
         export("repvit_m0_6", "onnx", img_size=16)
     with pytest.raises(ValueError, match="unknown model"):
         export("repvit_m0_7", "onnx")
 
 
 def test_missing_package_is_reported_not_raised(monkeypatch, tmp_path):
-    monkeypatch.setattr(export_mod, "_missing", lambda modules: ["onnxruntime"] if "onnxruntime" in modules else [])
+    monkeypatch.setattr(extras, "missing_modules", lambda modules: ["onnxruntime"] if "onnxruntime" in modules else [])
     (result,) = export("repvit_m0_6", ["onnx"], img_size=64, out_dir=tmp_path)
     assert result.status == "unavailable" and "pip install 'repvit[export]'" in result.detail
-    monkeypatch.setattr(export_mod, "_missing", lambda modules: list(modules))
+    monkeypatch.setattr(extras, "missing_modules", lambda modules: list(modules))
     rows = export("repvit_m0_6", ["litert", "ncnn", "openvino"], img_size=64, out_dir=tmp_path)
     assert [r.detail for r in rows] == [
         "missing package litert_torch, ai_edge_litert: pip install 'repvit[litert]'",
@@ -145,8 +147,8 @@ def test_a_model_that_cannot_be_exported_gets_a_one_line_reason(tmp_path):
 
 
 def test_executorch_threadpool_cannot_change_after_loading(monkeypatch):
-    monkeypatch.setattr(export_mod, "_ET_LOADED", True)
-    monkeypatch.setattr(export_mod, "_ET_THREADS", 2)
+    monkeypatch.setattr(executorch_backend, "_ET_LOADED", True)
+    monkeypatch.setattr(executorch_backend, "_ET_THREADS", 2)
     with pytest.raises(ExportError, match="after a program was loaded"):
         export_mod.set_executorch_threads(3)
 

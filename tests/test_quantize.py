@@ -6,13 +6,11 @@ import pytest
 import torch
 
 import repvit
-from repvit import export as export_mod
 from repvit.cli import main
-from repvit.data import DatasetError
-from repvit.engine import train
-from repvit.export import ExportError, export
-from repvit.quantize import calibration_and_held_out, calibration_images, image_set, quantize_eval
-from repvit.recipe import load_recipe
+from repvit.data import DatasetError, calibration_and_held_out, calibration_images, image_set
+from repvit.export import ExportError, export, quantize_eval
+from repvit.train import load_recipe, train
+from repvit.utils import extras
 from conftest import make_image_tree
 
 pytestmark = pytest.mark.quantize
@@ -64,7 +62,7 @@ def test_cli_export_int8(trained, digits_root, tmp_path, capsys):
 
 
 def test_int8_needs_calibration_images(tmp_path, capsys):
-    with pytest.raises(ExportError, match="--int8 needs --calib"):
+    with pytest.raises(ExportError, match="int8 needs calib"):
         export("repvit_m0_6", "executorch", int8=True, out_dir=tmp_path)
     assert main(["export", "repvit_m0_6", "--format", "onnx", "--int8", "--calib", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
@@ -85,10 +83,10 @@ def test_quantize_eval_bad_data(trained, tmp_path, digits_root, capsys):
 
 
 def test_missing_runtime_is_a_row_not_a_crash(monkeypatch, trained, digits_root):
-    monkeypatch.setattr(export_mod, "_missing", lambda modules: ["executorch"] if "executorch" in modules else [])
+    monkeypatch.setattr(extras, "missing_modules", lambda modules: ["executorch"] if "executorch" in modules else [])
     report = quantize_eval("repvit_m0_6", digits_root, weights=trained, formats=("executorch",), img_size=32,
                            calib_images=4, val_images=4)
-    assert {r["status"] for r in report["rows"]} == {"unavailable: pip install 'repvit[export]' (executorch)"}
+    assert {r["status"] for r in report["rows"]} == {"unavailable: missing package executorch: pip install 'repvit[export]'"}
     (result,) = export("repvit_m0_6", ["executorch"], img_size=32, int8=True, calib=digits_root, calib_images=4)
     assert result.status == "unavailable" and "pip install" in result.detail
 
@@ -100,7 +98,7 @@ def test_calibration_images_are_a_fixed_subset(digits_root):
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     val = image_set(digits_root, "val", img_size=32)
     assert len(val) == 359 and val.classes == [str(i) for i in range(10)]
-    with pytest.raises(ValueError, match="--calib-images must be >= 1"):
+    with pytest.raises(ValueError, match="calib_images must be >= 1"):
         calibration_images(digits_root, img_size=32, count=0)
 
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from repvit.cli import build_parser
-from repvit.recipe import DEIT_REGNETY160_URL, RecipeError, TrainRecipe, load_recipe, recipe_names
+from repvit.train.recipe import DEIT_REGNETY160_URL, RecipeError, TrainRecipe, load_recipe, recipe_names
 
 
 def test_defaults_are_the_papers_recipe():

@@ -9,9 +9,9 @@ from torch import nn
 
 import repvit
 from repvit.cli import main
-from repvit.complexity import count_macs, count_params
 from repvit.models import get_variant
-from repvit.roadmap import FINAL_VARIANT, STEPS, get_step
+from repvit.models.roadmap import FINAL_VARIANT, STEPS, get_step
+from repvit.tools import count_macs, count_params
 from conftest import scale_of, settle_batchnorm
 
 pytestmark = pytest.mark.roadmap

@@ -10,8 +10,8 @@ from PIL import Image
 import repvit
 from repvit.cli import main
 from repvit.data import DatasetError
-from repvit.segmentation import SegmentRecipe, build_segmenter, segmentation_metrics, train_segmenter
-from repvit.synthetic import make_shapes_segmentation
+from repvit.data import make_shapes_segmentation
+from repvit.dense import SegmentRecipe, build_segmenter, segmentation_metrics, train_segmenter
 from conftest import scale_of, settle_batchnorm
 
 pytestmark = pytest.mark.dense
@@ -55,7 +55,7 @@ def test_metrics_from_a_confusion_matrix():
 def test_training_crops_keep_labels_on_their_pixels(tmp_path):
     # An image narrower than the crop, flipped: the padding must stay ignored and every real pixel
     # must keep its class, on the flipped side.
-    from repvit.segmentation import SegmentationFolder
+    from repvit.dense import SegmentationFolder
 
     root = tmp_path / "d"
     for split in ("training", "validation"):

@@ -9,9 +9,7 @@ import torch
 import repvit
 from repvit.cli import main
 from repvit.data import DatasetError
-from repvit.distill import DistillationLoss
-from repvit.engine import train
-from repvit.recipe import load_recipe
+from repvit.train import DistillationLoss, load_recipe, train
 from conftest import make_image_tree
 
 pytestmark = pytest.mark.train
@@ -170,7 +168,7 @@ def test_teacher_from_a_timm_training_checkpoint(tmp_path):
 
     import timm
 
-    from repvit.distill import build_teacher
+    from repvit.train import build_teacher
 
     source = timm.create_model("regnety_002", num_classes=10)
     path = tmp_path / "teacher.pth"
@@ -192,7 +190,7 @@ def test_teacher_from_a_timm_training_checkpoint(tmp_path):
 
 
 def test_unknown_augmentation_policy(digits_root, tmp_path):
-    with pytest.raises(ValueError, match="--auto-augment 'bogus': not a timm augmentation policy"):
+    with pytest.raises(ValueError, match="auto_augment 'bogus': not a timm augmentation policy"):
         train(_recipe(digits_root, tmp_path, config="digits", epochs=1, auto_augment="bogus"))
 
 

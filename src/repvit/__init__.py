@@ -5,13 +5,18 @@ From ViT Perspective". CVPR 2024. arXiv:2307.09283.
 
     >>> import repvit
     >>> model = repvit.create_model("repvit_m0_9")        # training structure
-    >>> deployed = repvit.reparameterize(model)           # new fused copy, model untouched
+    >>> deployed = repvit.reparameterize(model)           # new deployed copy, model untouched
+
+The package is layered (each sub-package imports only from those below it): ``utils`` -> ``specs``,
+``layers``, ``reparam`` -> ``models`` -> ``weights`` -> ``factory`` -> ``data`` -> ``export`` ->
+``train`` -> ``dense`` -> ``tools`` -> ``cli``.
 """
 
-__version__ = "0.1.0"
-
-from .models import RepViT, RepViTFeatures, RepViTSpec, create_model, list_models
+from .factory import create_model
+from .models import RepViT, RepViTFeatures, list_models
 from .reparam import reparameterize
+from .specs import RepViTSpec
+from .utils import __version__
 from .weights import (
     CheckpointError,
     default_weights,

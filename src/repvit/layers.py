@@ -42,9 +42,9 @@ __all__ = [
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "hard_swish": nn.Hardswish}
 
 
-def hidden_width(channels: int, ratio: float) -> int:
-    """Expanded width: ``channels * ratio`` rounded to a multiple of 8 (as the official and timm code)."""
-    return make_divisible(channels * ratio, 8)
+def hidden_width(channels: int, expansion: float) -> int:
+    """Expanded width: ``channels * expansion`` rounded to a multiple of 8 (as the official and timm code)."""
+    return make_divisible(channels * expansion, 8)
 
 
 class Fusable(nn.Module):
@@ -235,7 +235,7 @@ class RepViTBlock(nn.Module):
     def __init__(
         self,
         channels: int,
-        mlp_ratio: float = 2.0,
+        expansion: float = 2.0,
         kernel_size: int = 3,
         use_se: bool = False,
         act_layer: type[nn.Module] = nn.GELU,
@@ -244,7 +244,7 @@ class RepViTBlock(nn.Module):
         super().__init__()
         self.token_mixer = RepDepthwiseConv(channels, kernel_size, legacy)
         self.se = SqueezeExcite(channels, rd_ratio=0.25) if use_se else nn.Identity()
-        self.channel_mixer = ChannelMixer(channels, hidden_width(channels, mlp_ratio), act_layer)
+        self.channel_mixer = ChannelMixer(channels, hidden_width(channels, expansion), act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.se(self.token_mixer(x))
@@ -253,8 +253,6 @@ class RepViTBlock(nn.Module):
 
 class Stem(nn.Module):
     """Early-convolution stem: two stride-2 3x3 convs (output stride 4), GELU in between."""
-
-    stride = 4
 
     def __init__(self, in_chs: int, out_chs: int, act_layer: type[nn.Module] = nn.GELU):
         super().__init__()
@@ -271,13 +269,13 @@ class TransitionBlock(nn.Module):
     1x1 conv to the new width, and an FFN with residual at the new width (no re-parameterisable
     branches: the official code's stride-2 block)."""
 
-    def __init__(self, in_chs: int, out_chs: int, mlp_ratio: float = 2.0, kernel_size: int = 3, stride: int = 2,
+    def __init__(self, in_chs: int, out_chs: int, expansion: float = 2.0, kernel_size: int = 3, stride: int = 2,
                  use_se: bool = False, act_layer: type[nn.Module] = nn.GELU):
         super().__init__()
         self.spatial = ConvNorm(in_chs, in_chs, kernel_size, stride=stride, groups=in_chs)
         self.se = SqueezeExcite(in_chs, rd_ratio=0.25) if use_se else nn.Identity()
         self.channel = ConvNorm(in_chs, out_chs, 1)
-        self.ffn = ChannelMixer(out_chs, hidden_width(out_chs, mlp_ratio), act_layer)
+        self.ffn = ChannelMixer(out_chs, hidden_width(out_chs, expansion), act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.channel(self.se(self.spatial(x)))
@@ -295,13 +293,13 @@ class Downsample(TransitionBlock):
         self,
         in_chs: int,
         out_chs: int,
-        mlp_ratio: float = 2.0,
+        expansion: float = 2.0,
         kernel_size: int = 3,
         act_layer: type[nn.Module] = nn.GELU,
         legacy: bool = False,
     ):
-        super().__init__(in_chs, out_chs, mlp_ratio, kernel_size, stride=2, use_se=False, act_layer=act_layer)
-        self.pre_block = RepViTBlock(in_chs, mlp_ratio, kernel_size, False, act_layer, legacy)
+        super().__init__(in_chs, out_chs, expansion, kernel_size, stride=2, use_se=False, act_layer=act_layer)
+        self.pre_block = RepViTBlock(in_chs, expansion, kernel_size, False, act_layer, legacy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(self.pre_block(x))
@@ -344,8 +342,6 @@ class MobileNetV3Stem(nn.Module):
     """MobileNetV3-L's stride-4 stem as the RepViT paper counts it: a 3x3 stride-2 conv (16 filters,
     hard-swish), a depthwise-separable block and a stride-2 inverted residual (expansion 4), ReLU."""
 
-    stride = 4
-
     def __init__(self, in_chs: int, out_chs: int, width: int = 16, act_layer: type[nn.Module] = nn.Hardswish):
         super().__init__()
         self.conv = ConvNormAct(in_chs, width, 3, stride=2, act_layer=act_layer)
@@ -357,7 +353,7 @@ class MobileNetV3Stem(nn.Module):
 
 
 class Stage(nn.Module):
-    """An optional downsampling layer followed by blocks (all built by :mod:`repvit.models`)."""
+    """An optional downsampling layer followed by blocks (all built by :mod:`repvit.models.builder`)."""
 
     def __init__(self, downsample: nn.Module | None, blocks: list[nn.Module]):
         super().__init__()

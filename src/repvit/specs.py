@@ -8,9 +8,12 @@ builds all of them with one builder. A RepViT variant is written compactly as a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import warnings
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Callable
 
-__all__ = ["BlockSpec", "StageSpec", "StemSpec", "HeadSpec", "NetSpec", "RepViTSpec", "BLOCK_KINDS"]
+__all__ = ["BlockSpec", "StageSpec", "StemSpec", "HeadSpec", "NetSpec", "RepViTSpec", "BLOCK_KINDS", "as_net"]
 
 #: repvit: re-parameterisable depthwise token mixer (+SE) and FFN, stride 1, same width;
 #: transition: strided depthwise conv (+SE), 1x1 conv to a new width, FFN;
@@ -24,7 +27,7 @@ class BlockSpec:
     kind: str
     out_chs: int
     kernel_size: int = 3
-    ratio: float = 2.0  # FFN hidden width / width, or the inverted residual's expansion
+    expansion: float = 2.0  # hidden width / width: of the FFN, or of the inverted residual
     se: bool = False
     act: str = "gelu"
     stride: int = 1
@@ -84,7 +87,27 @@ class NetSpec:
     def legacy(self) -> bool:
         return any(b.legacy for s in self.stages for b in s.blocks + ((s.downsample,) if s.downsample else ()))
 
-    def strides(self) -> list[int]:
+    def map_blocks(self, fn: Callable[[BlockSpec, int], Any], num_stages: int | None = None) -> list[tuple[Any, list]]:
+        """``fn(block, input width)`` for every block in order, downsampling layers included; returns
+        ``[(result for the stage's downsample or None, [results for its blocks]), ...]`` per stage."""
+        stages, in_chs = [], self.stem.width
+        for stage in self.stages[:num_stages]:
+            down = None
+            if stage.downsample is not None:
+                down, in_chs = fn(stage.downsample, in_chs), stage.downsample.out_chs
+            blocks = []
+            for block in stage.blocks:
+                blocks.append(fn(block, in_chs))
+                in_chs = block.out_chs
+            stages.append((down, blocks))
+        return stages
+
+    def replace_blocks(self, fn: Callable[[BlockSpec, int], BlockSpec]) -> "NetSpec":
+        """A copy with every block replaced by ``fn(block, input width)``."""
+        stages = tuple(StageSpec(tuple(blocks), down) for down, blocks in self.map_blocks(fn))
+        return dataclasses.replace(self, stages=stages)
+
+    def reductions(self) -> list[int]:
         return [4 * 2**i for i in range(len(self.stages))]  # every stem in the family has stride 4
 
 
@@ -94,6 +117,7 @@ class RepViTSpec:
 
     widths: channels per stage; the stem ends at ``widths[0]`` (its first conv has half of it).
     depths: RepViT blocks per stage, after the stage's downsampling layer (paper convention).
+    expansion: the FFN's hidden width / width (the paper's expansion ratio, 2).
     se: which of a stage's blocks get squeeze-excitation: ``"alternate"`` (1st, 3rd, 5th, ...:
         the paper's cross-block SE), ``"all"`` or ``"none"``. Downsampling layers never have SE.
     legacy: the first paper version's token mixer (BN on the 1x1 branch, none after the sum).
@@ -102,11 +126,15 @@ class RepViTSpec:
     widths: tuple[int, ...]
     depths: tuple[int, ...]
     kernel_size: int = 3
-    mlp_ratio: float = 2.0
+    expansion: float = 2.0
     se: str = "alternate"
     legacy: bool = False
+    mlp_ratio: InitVar[float | None] = None  # deprecated name of ``expansion`` (timm's)
 
-    def __post_init__(self):
+    def __post_init__(self, mlp_ratio):
+        if mlp_ratio is not None:
+            warnings.warn("RepViTSpec(mlp_ratio=...) is deprecated; use expansion=", DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "expansion", float(mlp_ratio))
         if len(self.widths) != len(self.depths) or not self.widths:
             raise ValueError(f"widths {self.widths} and depths {self.depths} must be non-empty and of equal length")
         if self.se not in ("alternate", "all", "none"):
@@ -120,15 +148,17 @@ class RepViTSpec:
             return [False] * depth
         return [i % 2 == 0 for i in range(depth)]
 
-    def strides(self) -> list[int]:
-        return [4 * 2**i for i in range(len(self.widths))]
-
     def to_net(self) -> NetSpec:
         stages = []
         for i, (width, depth) in enumerate(zip(self.widths, self.depths)):
-            down = None if i == 0 else BlockSpec("downsample", width, self.kernel_size, self.mlp_ratio,
+            down = None if i == 0 else BlockSpec("downsample", width, self.kernel_size, self.expansion,
                                                  legacy=self.legacy)
-            blocks = tuple(BlockSpec("repvit", width, self.kernel_size, self.mlp_ratio, se, legacy=self.legacy)
+            blocks = tuple(BlockSpec("repvit", width, self.kernel_size, self.expansion, se, legacy=self.legacy)
                            for se in self.se_flags(i))
             stages.append(StageSpec(blocks, down))
         return NetSpec(StemSpec("conv", self.widths[0]), tuple(stages), HeadSpec("norm_linear"))
+
+
+def as_net(spec: RepViTSpec | NetSpec) -> NetSpec:
+    """The NetSpec of a variant's spec (a RepViTSpec expands to one)."""
+    return spec.to_net() if isinstance(spec, RepViTSpec) else spec

@@ -1,0 +1,43 @@
+"""The ``repvit`` command: a thin layer over the library (each command calls one function).
+
+One module per command group builds its parsers and handlers: :mod:`.models` (models, predict),
+:mod:`.deploy` (export, quantize-eval), :mod:`.measure` (bench, roadmap), :mod:`.training` (train,
+val, quickstart), :mod:`.dense` (detect, segment). Nothing in the package imports this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..utils import __version__, flag_text
+from . import dense, deploy, measure, models, training
+from .common import EXAMPLES, log_to_stderr
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="repvit", description="RepViT models: build, reparameterize, load weights, predict.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"repvit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in (models, deploy, measure, training, dense):
+        group.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log_to_stderr()
+    try:
+        return args.func(args)
+    except (ValueError, OSError, FloatingPointError) as err:  # user-facing problems: one line, no stack trace
+        print(f"repvit {args.command}: error: {flag_text(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The run folder both loops write: checkpoints (atomic), ``metrics.jsonl``, ``recipe.yaml``, and
+finding the checkpoint to resume from.
+
+A run checkpoint is a dict with ``format`` = ``repvit-<kind>`` (``train``, ``detect``, ``segment``),
+read back only through :func:`read_run_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..weights import CheckpointError, atomic_save, load_torch_file
+
+__all__ = ["LAST", "BEST", "resume_path", "read_run_checkpoint", "save_checkpoints", "write_metrics", "rng_state"]
+
+LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
+
+_COMMANDS = {"train": "repvit train", "detect": "repvit detect train", "segment": "repvit segment train"}
+
+
+def resume_path(resume: str | None, output) -> Path | None:
+    """The checkpoint to resume from: a path, or OUTPUT/checkpoint-last.pth for ``"auto"`` when it
+    exists (a first run with ``resume="auto"`` starts fresh)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = Path(output) / LAST
+        return path if path.is_file() else None
+    return Path(resume)
+
+
+def read_run_checkpoint(path, kind: str, argument: str | None = None) -> dict:
+    """A checkpoint written by ``repvit <kind> train``; ``argument`` names the parameter it came from."""
+    label = f"{argument} {path}" if argument else str(path)
+    arguments = [argument] if argument else []
+    state = load_torch_file(path, label=label, arguments=arguments)
+    if not isinstance(state, dict) or state.get("format") != f"repvit-{kind}":
+        raise CheckpointError(f"{label}: not a checkpoint of `{_COMMANDS[kind]}`", arguments=arguments)
+    return state
+
+
+def save_checkpoints(state: dict, output: Path, is_best: bool) -> None:
+    """``checkpoint-last.pth`` (and ``checkpoint-best.pth`` when this is the best), atomically."""
+    atomic_save(state, output / LAST)
+    if is_best:
+        atomic_save(state, output / BEST)
+
+
+def write_metrics(output: Path, records: list[dict], append: bool = True) -> None:
+    """Records as lines of ``metrics.jsonl``; ``append=False`` starts the file over with them."""
+    with open(output / "metrics.jsonl", "a" if append else "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def rng_state() -> dict:
+    """Every generator's state (stored in checkpoints for inspection: resume re-seeds instead)."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
