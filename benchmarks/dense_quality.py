@@ -16,33 +16,26 @@ Prints a markdown summary and writes it to OUT/summary.md (the README quotes it)
 import argparse
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 import repvit
-from repvit.detection import DetectRecipe, train_detector
-from repvit.segmentation import SegmentRecipe, train_segmenter
-from repvit.synthetic import make_shapes_coco, make_shapes_segmentation
+from repvit.data import make_shapes_coco, make_shapes_segmentation
+from repvit.dense import DetectRecipe, SegmentRecipe, train_detector, train_segmenter
+from repvit.tools import interleaved, summarize
 
 
 def backbone_latency(model_name: str, size: int = 512, rounds: int = 10, iters: int = 3) -> dict:
+    """Median ms of the training-structure and the deployed backbone, timed interleaved."""
     train = repvit.create_model(model_name, features_only=True).eval()
     fused = repvit.reparameterize(train)
     x = torch.randn(1, 3, size, size)
-    times = {"train": [], "fused": []}
     with torch.inference_mode():
-        for m in (train, fused):
-            m(x)
-        for r in range(rounds):
-            for name, m in (list(zip(times, (train, fused))) if r % 2 == 0 else list(zip(times, (train, fused)))[::-1]):
-                for _ in range(iters):
-                    start = time.perf_counter()
-                    m(x)
-                    times[name].append(time.perf_counter() - start)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        samples = interleaved([("train", lambda: train(x)), ("fused", lambda: fused(x))], warmup=1, rounds=rounds,
+                              iters=iters)
+    return {name: summarize(times)["median_ms"] for name, times in samples.items()}
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ are meaningful, which is why everything here is measured interleaved in a single
 import argparse
 import json
 
-from repvit.bench import run_bench
+from repvit.tools import run_bench
 
 
 def main() -> None:

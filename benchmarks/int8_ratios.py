@@ -19,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from repvit.bench import run_bench
+from repvit.data import make_digits_image_folder
+from repvit.export import format_quantize_eval, quantize_eval
+from repvit.tools import run_bench
+from repvit.train import load_recipe, train
 
 
 def main() -> None:
@@ -54,11 +57,6 @@ def main() -> None:
         print(f"   target ExecuTorch int8 >= 2.0x fp32: {verdict}")
 
     # 2. accuracy on held-out digits
-    from repvit.data import make_digits_image_folder
-    from repvit.engine import train
-    from repvit.quantize import format_quantize_eval, quantize_eval
-    from repvit.recipe import load_recipe
-
     with tempfile.TemporaryDirectory() as tmp:
         data = make_digits_image_folder(Path(tempfile.gettempdir()) / "repvit-digits")
         weights, train_seconds = args.weights, None

@@ -1,7 +1,8 @@
 """Training throughput of our RepViT vs timm's repvit_m0_9: same loop, batch, machine, one run.
 
-Both models are trained (forward, cross-entropy, backward, AdamW step) on the same random batch,
-interleaved round by round so that machine drift favours neither; the script prints images/s for
+Both models are trained (forward, cross-entropy, backward, AdamW step: the package's own training
+step, ``repvit.train.OptimizerStep``) on the same random batch, interleaved round by round by the
+package's timing harness so that machine drift favours neither; the script prints images/s for
 each and the ratio ours / timm (goal: >= 1.0) for each setting: float32, channels-last, bf16
 autocast, and both.
 
@@ -10,29 +11,30 @@ Usage:  .venv/bin/python benchmarks/train_throughput.py [--model repvit_m0_9] [-
 """
 
 import argparse
-import contextlib
 import statistics
-import time
 
 import timm
 import torch
 
 import repvit
+from repvit.tools import interleaved
+from repvit.train import OptimizerStep
+from repvit.train.step import autocast
+
+CPU = torch.device("cpu")
 
 
 def _step_fn(model, images, targets, channels_last, bf16):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dtype = torch.bfloat16 if bf16 else None
+    update = OptimizerStep(torch.optim.AdamW(model.parameters(), lr=1e-4), dtype, CPU)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def step():
-        with autocast():
+        with autocast(CPU, dtype):
             loss = torch.nn.functional.cross_entropy(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        update(loss)
 
     return step
 
@@ -40,9 +42,8 @@ def _step_fn(model, images, targets, channels_last, bf16):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="repvit_m0_9")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=5)
+    for flag, default in (("--batch", 32), ("--img-size", 224), ("--rounds", 5)):
+        parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
     args = parser.parse_args()
 
@@ -56,15 +57,7 @@ def main() -> None:
             "ours": _step_fn(repvit.create_model(args.model).train(), images, targets, channels_last, bf16),
             "timm": _step_fn(timm.create_model(args.model, distillation=False).train(), images, targets, channels_last, bf16),
         }
-        times = {name: [] for name in steps}
-        for fn in steps.values():  # warm-up
-            fn()
-        for r in range(args.rounds):
-            for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
-                for _ in range(args.steps):
-                    start = time.perf_counter()
-                    steps[name]()
-                    times[name].append(time.perf_counter() - start)
+        times = interleaved(list(steps.items()), warmup=1, rounds=args.rounds, iters=args.steps)
         ips = {name: args.batch / statistics.median(t) for name, t in times.items()}
         label = " + ".join([s for s, on in (("channels-last", channels_last), ("bf16", bf16)) if on]) or "float32"
         print(f"  {label:22s} ours {ips['ours']:6.1f} img/s   timm {ips['timm']:6.1f} img/s   "

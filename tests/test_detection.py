@@ -5,13 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import settle_batchnorm
 
 import repvit
 from repvit.cli import main
-from repvit.data import DatasetError
-from repvit.data import make_shapes_coco
+from repvit.data import DatasetError, make_shapes_coco
 from repvit.dense import CocoDataset, DetectRecipe, build_detector, coco_evaluate, train_detector
-from conftest import settle_batchnorm
 
 pytestmark = pytest.mark.dense
 

@@ -62,9 +62,9 @@ def test_per_process_batchnorm_matches_within_tolerance(digits_root, tmp_path):
 def test_a_batch_of_unreadable_images_on_one_process_does_not_hang(tmp_path):
     # Corrupt exactly the images rank 0 draws first: it has nothing to train on in that step, the
     # other rank does; both must skip the step together instead of waiting for each other forever.
+    from conftest import make_image_tree
     from torch.utils.data import DistributedSampler
 
-    from conftest import make_image_tree
     from repvit.data import SkippingImageFolder
 
     root = make_image_tree(tmp_path / "data", per_class=8)

@@ -5,6 +5,7 @@ import platform
 
 import pytest
 import torch
+from conftest import settle_batchnorm
 
 import repvit
 from repvit import export as export_mod
@@ -12,7 +13,6 @@ from repvit.cli import main
 from repvit.export import ExportError, export
 from repvit.export import executorch as executorch_backend
 from repvit.utils import extras
-from conftest import settle_batchnorm
 
 pytestmark = pytest.mark.export
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import make_image_tree
 
 import repvit
 from repvit.cli import main
@@ -11,7 +12,6 @@ from repvit.data import DatasetError, calibration_and_held_out, calibration_imag
 from repvit.export import ExportError, export, quantize_eval
 from repvit.train import load_recipe, train
 from repvit.utils import extras
-from conftest import make_image_tree
 
 pytestmark = pytest.mark.quantize
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import timm
 import torch
+from conftest import scale_of, settle_batchnorm
 from torch import nn
 
 import repvit
@@ -12,7 +13,6 @@ from repvit.cli import main
 from repvit.models import get_variant
 from repvit.models.roadmap import FINAL_VARIANT, STEPS, get_step
 from repvit.tools import count_macs, count_params
-from conftest import scale_of, settle_batchnorm
 
 pytestmark = pytest.mark.roadmap
 

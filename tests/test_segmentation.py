@@ -5,14 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import scale_of, settle_batchnorm
 from PIL import Image
 
 import repvit
 from repvit.cli import main
-from repvit.data import DatasetError
-from repvit.data import make_shapes_segmentation
+from repvit.data import DatasetError, make_shapes_segmentation
 from repvit.dense import SegmentRecipe, build_segmenter, segmentation_metrics, train_segmenter
-from conftest import scale_of, settle_batchnorm
 
 pytestmark = pytest.mark.dense
 

@@ -5,12 +5,12 @@ import logging
 
 import pytest
 import torch
+from conftest import make_image_tree
 
 import repvit
 from repvit.cli import main
 from repvit.data import DatasetError
 from repvit.train import DistillationLoss, load_recipe, train
-from conftest import make_image_tree
 
 pytestmark = pytest.mark.train
 

@@ -17,14 +17,7 @@ from .models import RepViT, RepViTFeatures, list_models
 from .reparam import reparameterize
 from .specs import RepViTSpec
 from .utils import __version__
-from .weights import (
-    CheckpointError,
-    default_weights,
-    list_weights,
-    load_weights,
-    read_checkpoint,
-    save_weights,
-)
+from .weights import CheckpointError, default_weights, list_weights, load_weights, read_checkpoint, save_weights
 
 __all__ = [
     "__version__",

@@ -1,19 +1,6 @@
-"""Deprecated path (until the next release): moved to repvit.tools."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .tools import (
-                    RUNTIMES,
-                    BenchReport,
-                    BenchTarget,
-                    machine_info,
-                    matmul_peak_gflops,
-                    plot_pareto,
-                    resolve_models,
-                    run_bench,
-                    run_throughput,
-)
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["BenchReport", "BenchTarget", "RUNTIMES", "machine_info", "matmul_peak_gflops", "plot_pareto",
-           "resolve_models", "run_bench", "run_throughput"]
-
-warn_moved("repvit.bench", "repvit.tools")
+__all__ = reexport(globals(), "repvit.bench", "repvit.tools.bench", "repvit.tools.plots", "repvit.tools.report",
+                   "repvit.tools.targets", "repvit.tools.timing")

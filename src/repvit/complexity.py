@@ -1,8 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.tools.complexity."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .tools.complexity import count_macs, count_params, model_stats
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["count_macs", "count_params", "model_stats"]
-
-warn_moved("repvit.complexity", "repvit.tools.complexity")
+__all__ = reexport(globals(), "repvit.complexity", "repvit.tools.complexity")

@@ -1,19 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.dense.detection."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .dense.detection import (
-                              CocoDataset,
-                              DetectionTask,
-                              DetectRecipe,
-                              RepViTFPN,
-                              build_detector,
-                              coco_evaluate,
-                              load_detector,
-                              predict_detections,
-                              train_detector,
-)
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["CocoDataset", "DetectRecipe", "DetectionTask", "RepViTFPN", "build_detector", "coco_evaluate",
-           "load_detector", "predict_detections", "train_detector"]
-
-warn_moved("repvit.detection", "repvit.dense.detection")
+__all__ = reexport(globals(), "repvit.detection", "repvit.dense.detection")

@@ -1,8 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.train.distill."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .train.distill import DistillationLoss, build_teacher
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["DistillationLoss", "build_teacher"]
-
-warn_moved("repvit.distill", "repvit.train.distill")
+__all__ = reexport(globals(), "repvit.distill", "repvit.train.distill")

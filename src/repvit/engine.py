@@ -1,19 +1,15 @@
-"""Deprecated path (until the next release): moved to repvit.train."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .train import (
-                    ProcessContext,
-                    TrainResult,
-                    build_eval_loader,
-                    evaluate,
-                    evaluate_pair,
-                    read_run_checkpoint,
-                    setup_process,
-                    train,
-)
-from .utils import resolve_device
-from .utils.deprecation import warn_moved
+from .train.checkpoint import read_run_checkpoint
+from .utils.deprecation import reexport
 
-__all__ = ["ProcessContext", "TrainResult", "build_eval_loader", "evaluate", "evaluate_pair",
-           "read_run_checkpoint", "resolve_device", "setup_process", "train"]
+__all__ = reexport(globals(), "repvit.engine", "repvit.train.checkpoint", "repvit.train.classification",
+                   "repvit.train.evaluate", "repvit.train.process", "repvit.utils.device")
 
-warn_moved("repvit.engine", "repvit.train")
+
+def read_training_checkpoint(path) -> dict:
+    """Deprecated: ``repvit.train.read_run_checkpoint(path, "train", "resume")``."""
+    return read_run_checkpoint(path, "train", "resume")
+
+
+__all__ += ["read_training_checkpoint"]

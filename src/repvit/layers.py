@@ -113,15 +113,8 @@ def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.
 class ConvNorm(Fusable):
     """Bias-free Conv2d followed by BatchNorm2d; fuses to one biased Conv2d."""
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        kernel_size: int = 1,
-        stride: int = 1,
-        groups: int = 1,
-        bn_weight_init: float = 1.0,
-    ):
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
+                 bn_weight_init: float = 1.0):
         super().__init__()
         self.conv = nn.Conv2d(
             in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
@@ -289,15 +282,8 @@ class Downsample(TransitionBlock):
     that changes the width, and an FFN with residual at the output width.
     """
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        expansion: float = 2.0,
-        kernel_size: int = 3,
-        act_layer: type[nn.Module] = nn.GELU,
-        legacy: bool = False,
-    ):
+    def __init__(self, in_chs: int, out_chs: int, expansion: float = 2.0, kernel_size: int = 3,
+                 act_layer: type[nn.Module] = nn.GELU, legacy: bool = False):
         super().__init__(in_chs, out_chs, expansion, kernel_size, stride=2, use_se=False, act_layer=act_layer)
         self.pre_block = RepViTBlock(in_chs, expansion, kernel_size, False, act_layer, legacy)
 

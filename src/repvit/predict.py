@@ -1,8 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.tools.predict."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .tools.predict import Prediction, predict
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["Prediction", "predict"]
-
-warn_moved("repvit.predict", "repvit.tools.predict")
+__all__ = reexport(globals(), "repvit.predict", "repvit.tools.predict")

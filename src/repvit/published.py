@@ -1,8 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.tools.published."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .tools.published import peer_names, published, published_peer, source_text
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["peer_names", "published", "published_peer", "source_text"]
-
-warn_moved("repvit.published", "repvit.tools.published")
+__all__ = reexport(globals(), "repvit.published", "repvit.tools.published")

@@ -1,8 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.train.qat."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .train.qat import QATModel, convert_qat, prepare_qat
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["QATModel", "convert_qat", "prepare_qat"]
-
-warn_moved("repvit.qat", "repvit.train.qat")
+__all__ = reexport(globals(), "repvit.qat", "repvit.train.qat")

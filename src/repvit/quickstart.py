@@ -1,8 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.tools.quickstart."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .tools.quickstart import run_quickstart
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["run_quickstart"]
-
-warn_moved("repvit.quickstart", "repvit.tools.quickstart")
+__all__ = reexport(globals(), "repvit.quickstart", "repvit.tools.quickstart")

@@ -1,18 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.train.recipe."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .train.recipe import (
-                           DEIT_REGNETY160_URL,
-                           PER_RUN_KEYS,
-                           Recipe,
-                           RecipeError,
-                           TrainRecipe,
-                           load_recipe,
-                           option,
-                           recipe_names,
-)
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["DEIT_REGNETY160_URL", "PER_RUN_KEYS", "Recipe", "RecipeError", "TrainRecipe", "load_recipe",
-           "option", "recipe_names"]
-
-warn_moved("repvit.recipe", "repvit.train.recipe")
+__all__ = reexport(globals(), "repvit.recipe", "repvit.train.recipe")

@@ -1,20 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.dense.segmentation."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .dense.segmentation import (
-                                 SegmentationFolder,
-                                 SegmentationTask,
-                                 SegmentRecipe,
-                                 SemanticFPN,
-                                 build_segmenter,
-                                 infer,
-                                 load_segmenter,
-                                 predict_segmentation,
-                                 segmentation_metrics,
-                                 train_segmenter,
-)
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["SegmentRecipe", "SegmentationFolder", "SegmentationTask", "SemanticFPN", "build_segmenter",
-           "infer", "load_segmenter", "predict_segmentation", "segmentation_metrics", "train_segmenter"]
-
-warn_moved("repvit.segmentation", "repvit.dense.segmentation")
+__all__ = reexport(globals(), "repvit.segmentation", "repvit.dense.segmentation")

@@ -150,7 +150,7 @@ class RepViTSpec:
 
     def to_net(self) -> NetSpec:
         stages = []
-        for i, (width, depth) in enumerate(zip(self.widths, self.depths)):
+        for i, width in enumerate(self.widths):
             down = None if i == 0 else BlockSpec("downsample", width, self.kernel_size, self.expansion,
                                                  legacy=self.legacy)
             blocks = tuple(BlockSpec("repvit", width, self.kernel_size, self.expansion, se, legacy=self.legacy)

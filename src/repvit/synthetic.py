@@ -1,8 +1,5 @@
-"""Deprecated path (until the next release): moved to repvit.data.synthetic."""
+"""Deprecated path (until the next release): re-exports the modules named below."""
 
-from .data.synthetic import SHAPES, make_shapes_coco, make_shapes_segmentation
-from .utils.deprecation import warn_moved
+from .utils.deprecation import reexport
 
-__all__ = ["SHAPES", "make_shapes_coco", "make_shapes_segmentation"]
-
-warn_moved("repvit.synthetic", "repvit.data.synthetic")
+__all__ = reexport(globals(), "repvit.synthetic", "repvit.data.synthetic")

@@ -25,12 +25,7 @@ from ..export import export
 from ..tools.report import fmt
 from ..train import ProcessContext
 from ..utils import resolve_device
-from .common import (
-    add_device_argument,
-    add_recipe_arguments,
-    is_main_process,
-    recipe_from_args,
-)
+from .common import add_device_argument, add_recipe_arguments, is_main_process, recipe_from_args
 
 __all__ = ["add_commands"]
 

@@ -8,14 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..tools import (
-    plot_pareto,
-    plot_roadmap,
-    roadmap_markdown,
-    roadmap_report,
-    run_bench,
-    run_throughput,
-)
+from ..tools import plot_pareto, plot_roadmap, roadmap_markdown, roadmap_report, run_bench, run_throughput
 from ..tools.report import fmt
 from ..utils import split_list
 from .common import add_parser, console

@@ -14,14 +14,7 @@ from ..tools import run_quickstart
 from ..train import TrainRecipe, build_eval_loader, evaluate_pair, train
 from ..utils import UserError, resolve_device, split_list
 from ..weights import read_checkpoint
-from .common import (
-    add_device_argument,
-    add_parser,
-    add_recipe_arguments,
-    console,
-    is_main_process,
-    recipe_from_args,
-)
+from .common import add_device_argument, add_parser, add_recipe_arguments, console, is_main_process, recipe_from_args
 
 __all__ = ["add_commands"]
 

@@ -2,13 +2,7 @@
 calibration image sets, and generated datasets (the embedded digits, coloured shapes for the dense
 tasks). ``published.yaml`` beside this file holds the published numbers (:mod:`repvit.tools.published`)."""
 
-from .calibration import (
-    ImageSet,
-    calibration_and_held_out,
-    calibration_images,
-    image_set,
-    resolve_image_source,
-)
+from .calibration import ImageSet, calibration_and_held_out, calibration_images, image_set, resolve_image_source
 from .digits import make_digits_image_folder
 from .folders import (
     IMG_EXTENSIONS,

@@ -5,13 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from timm.data import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    ImageNetInfo,
-    auto_augment,
-    create_transform,
-)
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo, auto_augment, create_transform
 
 from ..utils import UserError, first_line
 

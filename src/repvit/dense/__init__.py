@@ -14,14 +14,7 @@ from .detection import (
     predict_detections,
     train_detector,
 )
-from .loop import (
-    DenseRecipe,
-    DenseTask,
-    freeze_backbone_norm,
-    read_dense_checkpoint,
-    restore_dense_model,
-    train_dense,
-)
+from .loop import DenseRecipe, DenseTask, freeze_backbone_norm, read_dense_checkpoint, restore_dense_model, train_dense
 from .segmentation import (
     SegmentationFolder,
     SegmentationTask,

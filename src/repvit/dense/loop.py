@@ -29,29 +29,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data import ResumeSampler, ShardSampler
 from ..models import RepViTFeatures
 from ..reparam import reparameterize
-from ..train import (
-    ProcessContext,
-    Recipe,
-    option,
-    read_run_checkpoint,
-    resume_path,
-    setup_process,
-)
+from ..train import ProcessContext, Recipe, option, read_run_checkpoint, resume_path, setup_process
 from ..train.checkpoint import BEST, LAST, write_metrics
-from ..train.process import (
-    derive_seed,
-    end_process,
-    seed_everything,
-    sync_buffers,
-    wrap_ddp,
-)
-from ..train.step import (
-    OptimizerStep,
-    amp_dtype,
-    autocast,
-    finite_loss,
-    freeze_batchnorm,
-)
+from ..train.process import derive_seed, end_process, seed_everything, sync_buffers, wrap_ddp
+from ..train.step import OptimizerStep, amp_dtype, autocast, finite_loss, freeze_batchnorm
 from ..utils import UserError, first_line
 from ..weights import atomic_save
 
@@ -150,13 +131,13 @@ class _DenseRun:
     history: list[dict] = field(default_factory=list)
 
     @property
-    def output(self) -> Path:
-        return Path(self.recipe.output)
-
-    @property
     def epoch(self) -> int:
         """The (1-based) epoch of the last iteration trained."""
         return (self.it - 1) // self.iters_per_epoch + 1
+
+    @property
+    def output(self) -> Path:
+        return Path(self.recipe.output)
 
     def lr_factor(self, it: int) -> float:
         return self.task.lr_factor(self.recipe, it, self.total, self.iters_per_epoch)

@@ -10,19 +10,8 @@ export, its loader and its int8 writer: :mod:`.onnx` (ONNX Runtime), :mod:`.exec
 from .common import INPUT_NAME, OUTPUT_NAME, ExportError, ParitySkipped
 from .coreml import export_coreml, load_coreml
 from .driver import INT8_FORMATS, ExportResult, export
-from .executorch import (
-           export_executorch,
-           export_executorch_int8,
-           load_executorch,
-           set_executorch_threads,
-)
-from .formats import (
-           FORMAT_ALIASES,
-           FORMATS,
-           RUNTIME_PACKAGES,
-           ExportFormat,
-           check_formats,
-)
+from .executorch import export_executorch, export_executorch_int8, load_executorch, set_executorch_threads
+from .formats import FORMAT_ALIASES, FORMATS, RUNTIME_PACKAGES, ExportFormat, check_formats
 from .int8 import format_quantize_eval, quantize_eval
 from .litert import export_litert, load_litert
 from .ncnn import export_ncnn, load_ncnn

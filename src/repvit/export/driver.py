@@ -16,12 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import (
-    EVAL_CROP_PCT,
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    calibration_and_held_out,
-)
+from ..data import EVAL_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, calibration_and_held_out
 from ..factory import create_model
 from ..models import get_variant
 from ..reparam import reparameterize

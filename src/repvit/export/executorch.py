@@ -39,9 +39,7 @@ def set_executorch_threads(threads: int) -> None:
 
 def export_executorch(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     """Write ``model`` as an ExecuTorch program with the XNNPACK delegate; describe delegation."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-        XnnpackPartitioner,
-    )
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     program = torch.export.export(model, (example,))

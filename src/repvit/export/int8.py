@@ -16,18 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import (
-    EVAL_CROP_PCT,
-    DatasetError,
-    ImageSet,
-    calibration_images,
-    image_set,
-    resolve_image_source,
-)
+from ..data import EVAL_CROP_PCT, DatasetError, ImageSet, calibration_images, image_set, resolve_image_source
 from ..data.calibration import shuffled
 from ..factory import create_model
 from ..reparam import reparameterize
-from ..utils import UserError, first_line
+from ..utils import UserError, first_line, topk_hits
 from ..weights import read_checkpoint
 from .driver import INT8_FORMATS
 from .formats import FORMATS, check_formats
@@ -99,7 +92,7 @@ def _pytorch_top1(net: nn.Module, val: ImageSet, data) -> tuple[int, float]:
     hits = n = 0
     with torch.no_grad():
         for x, y in val:
-            hits += int(net(x).argmax() == y)
+            hits += topk_hits(net(x), torch.tensor([y]), (1,))[0]
             n += 1
     if n == 0:
         raise DatasetError(f"data {data}: no readable images in val/", arguments=["data"])

@@ -52,12 +52,7 @@ def load_onnx(path: Path, threads: int | None = None) -> Callable[[torch.Tensor]
 
 def export_onnx_int8(model: nn.Module, example: torch.Tensor, path: Path, calibration: list[torch.Tensor]) -> str:
     """Write the int8 ONNX model of ``model``, calibrated on ``calibration`` (one image each)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

@@ -1,8 +1,9 @@
 """The one timing harness: interleaved rounds, robust statistics, and what the timings ran on.
 
 Latency on shared machines drifts by tens of percent within minutes, so nothing is timed alone:
-every runner is timed in every round, the order rotating each round and alternating direction, so
-that drift favours no runner. Only ratios within one run are meaningful.
+every runner is timed in every round, in an order that alternates direction each round and rotates
+every other round (two runners swap places; three go through all six orders), so that drift
+favours no runner. Only ratios within one run are meaningful.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def interleaved(runners: list[tuple[Hashable, Callable[[], object]]], *, warmup:
             fn()
     samples = {key: [] for key, _ in runners}
     for r in range(rounds):
-        order = runners[r % len(runners):] + runners[: r % len(runners)] if runners else []
+        shift = (r // 2) % max(len(runners), 1)
+        order = runners[shift:] + runners[:shift]
         if r % 2:
-            order = order[::-1]  # rotate and alternate direction: no fixed neighbours
+            order = order[::-1]  # rotate every other round, reverse in between: no runner always first
         for key, fn in order:
             for _ in range(iters):
                 start = time.perf_counter()

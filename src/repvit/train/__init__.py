@@ -13,15 +13,7 @@ from .distill import DistillationLoss, build_teacher
 from .evaluate import build_eval_loader, evaluate, evaluate_pair
 from .process import ProcessContext, setup_process
 from .qat import QATModel, convert_qat, prepare_qat
-from .recipe import (
-           PER_RUN_KEYS,
-           Recipe,
-           RecipeError,
-           TrainRecipe,
-           load_recipe,
-           option,
-           recipe_names,
-)
+from .recipe import PER_RUN_KEYS, Recipe, RecipeError, TrainRecipe, load_recipe, option, recipe_names
 from .step import OptimizerStep
 
 __all__ = ["train", "train_one_epoch", "TrainResult", "TrainRecipe", "Recipe", "RecipeError", "load_recipe",

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..weights import CheckpointError, atomic_save, load_torch_file
+from ..weights import CheckpointError, load_torch_file
 
-__all__ = ["LAST", "BEST", "resume_path", "read_run_checkpoint", "save_checkpoints", "write_metrics", "rng_state"]
+__all__ = ["LAST", "BEST", "resume_path", "read_run_checkpoint", "write_metrics", "rng_state"]
 
 LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
 
@@ -42,13 +42,6 @@ def read_run_checkpoint(path, kind: str, argument: str | None = None) -> dict:
     if not isinstance(state, dict) or state.get("format") != f"repvit-{kind}":
         raise CheckpointError(f"{label}: not a checkpoint of `{_COMMANDS[kind]}`", arguments=arguments)
     return state
-
-
-def save_checkpoints(state: dict, output: Path, is_best: bool) -> None:
-    """``checkpoint-last.pth`` (and ``checkpoint-best.pth`` when this is the best), atomically."""
-    atomic_save(state, output / LAST)
-    if is_best:
-        atomic_save(state, output / BEST)
 
 
 def write_metrics(output: Path, records: list[dict], append: bool = True) -> None:

@@ -32,26 +32,13 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data import (
-    SkippingImageFolder,
-    check_image_folder,
-    collate_skipping,
-    train_transform,
-)
+from ..data import SkippingImageFolder, check_image_folder, collate_skipping, train_transform
 from ..factory import create_model
 from ..utils import UserError, first_line
 from ..weights import load_weights, read_checkpoint
 from .checkpoint import BEST, LAST, read_run_checkpoint, resume_path, write_metrics
 from .distill import DistillationLoss, build_teacher
-from .epoch import (
-    DEPLOYED_BEST,
-    ClassificationRun,
-    evaluate_epoch,
-    log_epoch,
-    save_epoch,
-    tensorboard,
-    train_one_epoch,
-)
+from .epoch import DEPLOYED_BEST, ClassificationRun, evaluate_epoch, log_epoch, save_epoch, tensorboard, train_one_epoch
 from .evaluate import build_eval_loader
 from .process import ProcessContext, end_process, seed_worker, setup_process, wrap_ddp
 from .qat import QAT_NEEDS_FINETUNE, QAT_OFF, export_qat_best, qat_model
@@ -132,10 +119,11 @@ def _setup(recipe: TrainRecipe, ctx: ProcessContext, qat_changes: dict) -> Class
                    if not (recipe.clip_mode == "agc" and n.startswith(("head.", "graph.head")))]
     teacher = build_teacher(recipe.teacher, recipe.teacher_weights, len(class_names), ctx.device) \
         if recipe.distillation != "none" else None
-    run = ClassificationRun(recipe, ctx, class_names, train_loader, sampler, val_loader, raw_model, optimizer, scheduler,
-               OptimizerStep(optimizer, dtype, ctx.device, recipe.clip_grad, clip_params, recipe.clip_mode), dtype,
-               _criterion(recipe, teacher), ema=ModelEmaV3(raw_model, decay=recipe.model_ema_decay)
-               if recipe.model_ema else None, mixup=_mixup(recipe, len(class_names)))
+    run = ClassificationRun(
+        recipe, ctx, class_names, train_loader, sampler, val_loader, raw_model, optimizer, scheduler,
+        step=OptimizerStep(optimizer, dtype, ctx.device, recipe.clip_grad, clip_params, recipe.clip_mode),
+        amp_dtype=dtype, criterion=_criterion(recipe, teacher), mixup=_mixup(recipe, len(class_names)),
+        ema=ModelEmaV3(raw_model, decay=recipe.model_ema_decay) if recipe.model_ema else None)
     if resume is not None:
         _resume(run, resume)
     run.model = _wrapped(run)

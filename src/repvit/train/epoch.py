@@ -14,13 +14,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.data import Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.utils import ModelEmaV3
@@ -31,14 +25,7 @@ from ..reparam import reparameterize
 from ..weights import atomic_save, save_weights
 from .checkpoint import BEST, LAST, rng_state, write_metrics
 from .evaluate import evaluate
-from .process import (
-    ProcessContext,
-    all_agree,
-    all_reduce_sum,
-    derive_seed,
-    seed_everything,
-    sync_buffers,
-)
+from .process import ProcessContext, all_agree, all_reduce_sum, derive_seed, seed_everything, sync_buffers
 from .recipe import TrainRecipe
 from .step import OptimizerStep, autocast, finite_loss, freeze_batchnorm
 

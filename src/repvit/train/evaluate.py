@@ -7,14 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import (
-    EVAL_CROP_PCT,
-    DatasetError,
-    ShardSampler,
-    SkippingImageFolder,
-    collate_skipping,
-    eval_transform,
-)
+from ..data import EVAL_CROP_PCT, DatasetError, ShardSampler, SkippingImageFolder, collate_skipping, eval_transform
 from ..utils import topk_hits
 from .process import ProcessContext, all_reduce_sum, seed_worker
 from .step import autocast

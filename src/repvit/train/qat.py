@@ -60,10 +60,7 @@ class QATModel(nn.Module):
         return self.graph(x)
 
     def train(self, mode: bool = True) -> "QATModel":
-        from torchao.quantization.pt2e.fake_quantize import (
-            disable_observer,
-            enable_observer,
-        )
+        from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_observer
 
         self.training = mode
         self.graph.apply(enable_observer if mode else disable_observer)

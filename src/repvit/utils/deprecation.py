@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import warnings
 
-__all__ = ["forward_moved", "warn_moved"]
+__all__ = ["forward_moved", "warn_moved", "reexport"]
 
 
 def warn_moved(old: str, new: str) -> None:
@@ -27,3 +27,14 @@ def forward_moved(module: str, moved: dict[str, str]):
         return getattr(importlib.import_module(moved[name]), name)
 
     return __getattr__
+
+
+def reexport(namespace: dict, old: str, *modules: str) -> list[str]:
+    """Fill a deprecated module's ``namespace`` with the public names of the ``modules`` (dotted
+    names) it moved to, warn, and return the names (its ``__all__``)."""
+    names = {}
+    for module in map(importlib.import_module, modules):
+        names.update({name: getattr(module, name) for name in module.__all__})
+    namespace.update(names)
+    warn_moved(old, " and ".join(modules))
+    return sorted(names)
