@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import repvit
+import repvit.export
 from repvit.cli import main
 
 pytestmark = pytest.mark.cli
@@ -115,3 +116,15 @@ def test_bad_arguments(capsys):
 def test_console_entry_point():
     out = subprocess.run([sys.executable, "-m", "repvit", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"repvit {repvit.__version__}"
+
+
+def test_errors_name_options_as_typed(tmp_path, monkeypatch, capsys):
+    # the library names its parameters (data, img_size); the command line shows them as options,
+    # and leaves a value that happens to be spelled like one alone
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "data", "--distillation", "none"]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: --data data: no such directory")
+    assert main(["export", "repvit_m0_6", "--format", "onnx", "--img-size", "16"]) == 2
+    assert "--img-size must be >= 32 and --batch >= 1, got 16 and 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^img_size must be >= 32 and batch >= 1, got 16 and 1$"):
+        repvit.export.export("repvit_m0_6", "onnx", img_size=16)

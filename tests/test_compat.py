@@ -1,11 +1,16 @@
 """The module paths of the previous release keep working for one release, with a DeprecationWarning."""
 
+import dataclasses
 import importlib
 import sys
 
 import pytest
 
 import repvit
+from repvit.layers import RepViTBlock
+from repvit.specs import BlockSpec
+from repvit.tools import roadmap_markdown
+from repvit.train.process import all_reduce_sum
 
 MOVED = {  # old module -> (a name it had, where that name lives now)
     "repvit.complexity": ("model_stats", "repvit.tools.complexity"),
@@ -46,4 +51,21 @@ def test_create_model_keeps_its_old_home():
 def test_renamed_expansion_argument():
     with pytest.warns(DeprecationWarning, match="mlp_ratio"):
         spec = repvit.RepViTSpec((8,), (1,), mlp_ratio=3.0)
-    assert spec.expansion == 3.0 and spec == repvit.RepViTSpec((8,), (1,), expansion=3.0)
+    assert spec.expansion == spec.mlp_ratio == 3.0 and spec == repvit.RepViTSpec((8,), (1,), expansion=3.0)
+    assert dataclasses.replace(spec, legacy=True).expansion == 3.0
+    with pytest.warns(DeprecationWarning, match="ratio"):
+        block = BlockSpec("repvit", 8, ratio=4.0)
+    assert block.expansion == block.ratio == 4.0
+    with pytest.warns(DeprecationWarning, match="mlp_ratio"):
+        layer = RepViTBlock(8, mlp_ratio=4.0)
+    assert layer.channel_mixer.expand.conv.out_channels == 32
+
+
+def test_moved_private_and_cli_names():
+    import repvit.cli
+    import repvit.dense
+
+    with pytest.warns(DeprecationWarning):
+        assert repvit.dense._all_reduce_sum is all_reduce_sum
+    with pytest.warns(DeprecationWarning):
+        assert repvit.cli.roadmap_markdown is roadmap_markdown

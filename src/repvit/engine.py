@@ -4,7 +4,8 @@ from .train.checkpoint import read_run_checkpoint
 from .utils.deprecation import reexport
 
 __all__ = reexport(globals(), "repvit.engine", "repvit.train.checkpoint", "repvit.train.classification",
-                   "repvit.train.evaluate", "repvit.train.process", "repvit.utils.device")
+                   "repvit.train.evaluate", "repvit.train.process", "repvit.train.qat", "repvit.data.samplers",
+                   "repvit.utils.device")
 
 
 def read_training_checkpoint(path) -> dict:

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from timm.layers import SqueezeExcite, make_divisible, trunc_normal_
 from torch import nn
 
+from .utils.deprecation import renamed_keyword
+
 __all__ = [
     "ACTIVATIONS",
     "Fusable",
@@ -222,6 +224,7 @@ class ChannelMixer(nn.Module):
         return self.project(self.act(self.expand(x)))
 
 
+@renamed_keyword("mlp_ratio", "expansion")
 class RepViTBlock(nn.Module):
     """Token mixer (re-parameterisable DW conv) -> optional SE -> channel mixer with residual."""
 
@@ -257,6 +260,7 @@ class Stem(nn.Module):
         return self.conv2(self.act(self.conv1(x)))
 
 
+@renamed_keyword("mlp_ratio", "expansion")
 class TransitionBlock(nn.Module):
     """A RepViT block that changes resolution or width: a (strided) depthwise conv, optional SE, a
     1x1 conv to the new width, and an FFN with residual at the new width (no re-parameterisable
@@ -275,6 +279,7 @@ class TransitionBlock(nn.Module):
         return x + self.ffn(x)
 
 
+@renamed_keyword("mlp_ratio", "expansion")
 class Downsample(TransitionBlock):
     """The paper's deeper, separate downsampling layer.
 

@@ -9,9 +9,10 @@ builds all of them with one builder. A RepViT variant is written compactly as a 
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from .utils.deprecation import renamed_keyword
 
 __all__ = ["BlockSpec", "StageSpec", "StemSpec", "HeadSpec", "NetSpec", "RepViTSpec", "BLOCK_KINDS", "as_net"]
 
@@ -22,6 +23,7 @@ __all__ = ["BlockSpec", "StageSpec", "StemSpec", "HeadSpec", "NetSpec", "RepViTS
 BLOCK_KINDS = ("repvit", "transition", "downsample", "inverted_residual")
 
 
+@renamed_keyword("ratio", "expansion", attribute=True)
 @dataclass(frozen=True)
 class BlockSpec:
     kind: str
@@ -107,10 +109,11 @@ class NetSpec:
         stages = tuple(StageSpec(tuple(blocks), down) for down, blocks in self.map_blocks(fn))
         return dataclasses.replace(self, stages=stages)
 
-    def reductions(self) -> list[int]:
+    def strides(self) -> list[int]:
         return [4 * 2**i for i in range(len(self.stages))]  # every stem in the family has stride 4
 
 
+@renamed_keyword("mlp_ratio", "expansion", attribute=True)
 @dataclass(frozen=True)
 class RepViTSpec:
     """A RepViT variant.
@@ -129,12 +132,8 @@ class RepViTSpec:
     expansion: float = 2.0
     se: str = "alternate"
     legacy: bool = False
-    mlp_ratio: InitVar[float | None] = None  # deprecated name of ``expansion`` (timm's)
 
-    def __post_init__(self, mlp_ratio):
-        if mlp_ratio is not None:
-            warnings.warn("RepViTSpec(mlp_ratio=...) is deprecated; use expansion=", DeprecationWarning, stacklevel=3)
-            object.__setattr__(self, "expansion", float(mlp_ratio))
+    def __post_init__(self):
         if len(self.widths) != len(self.depths) or not self.widths:
             raise ValueError(f"widths {self.widths} and depths {self.depths} must be non-empty and of equal length")
         if self.se not in ("alternate", "all", "none"):

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..utils import __version__, flag_text
+from ..utils.deprecation import forward_moved
 from . import dense, deploy, measure, models, training
 from .common import EXAMPLES, log_to_stderr
 
@@ -39,5 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+#: Names this module had when the CLI was one module (deprecated, one release).
+__getattr__ = forward_moved(__name__, {
+    "roadmap_markdown": "repvit.tools.roadmap", "cmd_models": "repvit.cli.models", "cmd_predict": "repvit.cli.models",
+    "cmd_export": "repvit.cli.deploy", "cmd_quantize_eval": "repvit.cli.deploy", "cmd_bench": "repvit.cli.measure",
+    "cmd_roadmap": "repvit.cli.measure", "cmd_train": "repvit.cli.training", "cmd_val": "repvit.cli.training",
+    "cmd_quickstart": "repvit.cli.training"})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..utils import param
 from .digits import make_digits_image_folder
 from .folders import IMG_EXTENSIONS, DatasetError, check_image_folder
 from .transforms import eval_transform, load_image
@@ -84,7 +85,7 @@ def image_set(source, split: str = "train", img_size: int = 224, crop_pct: float
 
 def _check_count(count: int) -> None:
     if count < 1:
-        raise DatasetError(f"calib_images must be >= 1, got {count}", arguments=["calib_images"])
+        raise DatasetError(f"{param('calib_images')} must be >= 1, got {count}")
 
 
 def shuffled(n: int, seed: int) -> list[int]:
@@ -110,8 +111,8 @@ def calibration_and_held_out(source, img_size: int = 224, count: int = 512, held
     order = shuffled(len(calib), seed)
     n_check = min(held_out, len(order) // 4)  # one split only: keep a quarter (at most) aside
     if n_check < 1 or len(order) - n_check < 1:
-        raise DatasetError(f"calib {source}: too few images ({len(order)}) to calibrate and check on different ones",
-                           arguments=["calib"])
+        raise DatasetError(f"{param('calib')} {source}: too few images ({len(order)}) to calibrate and check on "
+                           "different ones")
     return (calib.subset(order[n_check:n_check + count]).tensors(), calib.subset(order[:n_check]).tensors())
 
 

@@ -9,7 +9,7 @@ from PIL import UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-from ..utils import UserError
+from ..utils import UserError, param
 
 __all__ = ["DatasetError", "IMG_EXTENSIONS", "check_image_folder", "SkippingImageFolder", "collate_skipping",
            "batch_samples"]
@@ -37,13 +37,13 @@ def check_image_folder(root, splits=("train", "val"), argument: str = "data") ->
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{argument} {root}: no such directory", arguments=[argument])
+        raise DatasetError(f"{param(argument)} {root}: no such directory")
     found = {}
     for split in splits:
         folder = root / split
         if not folder.is_dir():
-            raise DatasetError(f"{argument} {root}: expected a '{split}' folder with one sub-folder per class "
-                               f"({root}/{split}/<class>/<image>)", arguments=[argument])
+            raise DatasetError(f"{param(argument)} {root}: expected a '{split}' folder with one sub-folder per class "
+                               f"({root}/{split}/<class>/<image>)")
         classes = _class_dirs(folder)
         if not classes:
             raise DatasetError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
@@ -57,9 +57,8 @@ def check_image_folder(root, splits=("train", "val"), argument: str = "data") ->
         if found[split] != found[first]:
             only_a = sorted(set(found[first]) - set(found[split]))
             only_b = sorted(set(found[split]) - set(found[first]))
-            raise DatasetError(f"{argument} {root}: class folders differ between {first}/ and {split}/ "
-                               f"(only in {first}: {only_a[:5] or '-'}; only in {split}: {only_b[:5] or '-'})",
-                               arguments=[argument])
+            raise DatasetError(f"{param(argument)} {root}: class folders differ between {first}/ and {split}/ "
+                               f"(only in {first}: {only_a[:5] or '-'}; only in {split}: {only_b[:5] or '-'})")
     return found[first]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo, auto_augment, create_transform
 
-from ..utils import UserError, first_line
+from ..utils import UserError, first_line, param
 
 __all__ = ["EVAL_CROP_PCT", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "eval_transform", "train_transform",
            "imagenet_class_names", "load_image"]
@@ -20,9 +20,9 @@ EVAL_CROP_PCT = 0.875
 def eval_transform(img_size: int = 224, crop_pct: float = EVAL_CROP_PCT):
     """PIL image -> normalised tensor, as the paper evaluates (resize, center crop, ImageNet mean/std)."""
     if img_size < 32:
-        raise UserError(f"img_size must be at least 32, got {img_size}", arguments=["img_size"])
+        raise UserError(f"{param('img_size')} must be at least 32, got {img_size}")
     if not 0 < crop_pct <= 1:
-        raise UserError(f"crop_pct must be in (0, 1], got {crop_pct}", arguments=["crop_pct"])
+        raise UserError(f"{param('crop_pct')} must be in (0, 1], got {crop_pct}")
     return create_transform(
         input_size=(3, img_size, img_size),
         is_training=False,
@@ -83,5 +83,5 @@ def train_transform(recipe):
             re_mode=recipe.remode, re_count=recipe.recount, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         )
     except (AssertionError, KeyError, ValueError) as err:  # timm asserts on unknown policies
-        raise UserError(f"auto_augment {recipe.auto_augment!r}: not a timm augmentation policy such as "
-                        f"rand-m9-mstd0.5-inc1 ({err or type(err).__name__})", arguments=["auto_augment"]) from None
+        raise UserError(f"{param('auto_augment')} {recipe.auto_augment!r}: not a timm augmentation policy such as "
+                        f"rand-m9-mstd0.5-inc1 ({err or type(err).__name__})") from None

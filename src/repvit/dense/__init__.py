@@ -3,6 +3,7 @@ R-CNN, Faster R-CNN, RetinaNet; COCO AP) and semantic segmentation (Semantic FPN
 one iteration-based loop (:mod:`.loop`) on the same process/step/checkpoint layer as classification."""
 
 from ..train.process import all_gather_objects, sample_generator
+from ..utils.deprecation import forward_moved
 from .detection import (
     CocoDataset,
     DetectionTask,
@@ -33,3 +34,6 @@ __all__ = ["DenseRecipe", "DenseTask", "train_dense", "freeze_backbone_norm", "r
            "coco_evaluate", "train_detector", "load_detector", "predict_detections", "SegmentRecipe", "SemanticFPN",
            "SegmentationFolder", "SegmentationTask", "build_segmenter", "segmentation_metrics", "load_segmenter",
            "predict_segmentation", "train_segmenter", "infer", "sample_generator", "all_gather_objects"]
+
+#: A private name the previous release listed in ``__all__`` (deprecated, one release).
+__getattr__ = forward_moved(__name__, {"_all_reduce_sum": "repvit.train.process:all_reduce_sum"})

@@ -40,7 +40,7 @@ from ..utils import resolve_device
 from .loop import DenseRecipe, read_dense_checkpoint, restore_dense_model, train_dense
 
 __all__ = ["DetectRecipe", "RepViTFPN", "CocoDataset", "DetectionTask", "build_detector", "train_detector",
-           "load_detector", "predict_detections"]
+           "load_detector", "predict_detections", "coco_evaluate"]
 
 
 @dataclass
@@ -359,7 +359,7 @@ def load_detector(checkpoint, deploy: bool = True):
     return restore_dense_model(model, state, deploy), recipe, state["class_names"]
 
 
-def predict_detections(checkpoint, images, out_dir, device: str = "auto", score_thresh: float = 0.5) -> list[Path]:
+def predict_detections(checkpoint, images, out_dir, device: str = "cpu", score_thresh: float = 0.5) -> list[Path]:
     """Boxes (and masks) drawn onto each image, saved as PNGs in ``out_dir``."""
     model, _, names = load_detector(checkpoint)
     device = resolve_device(device)

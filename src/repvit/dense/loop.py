@@ -33,7 +33,7 @@ from ..train import ProcessContext, Recipe, option, read_run_checkpoint, resume_
 from ..train.checkpoint import BEST, LAST, write_metrics
 from ..train.process import derive_seed, end_process, seed_everything, sync_buffers, wrap_ddp
 from ..train.step import OptimizerStep, amp_dtype, autocast, finite_loss, freeze_batchnorm
-from ..utils import UserError, first_line
+from ..utils import UserError, first_line, param
 from ..weights import atomic_save
 
 __all__ = ["DenseRecipe", "DenseTask", "train_dense", "freeze_backbone_norm", "read_dense_checkpoint",
@@ -147,7 +147,7 @@ def train_dense(task: DenseTask, recipe) -> dict:
     """Run ``task`` as ``recipe`` says; returns the best metrics and where things were written."""
     recipe = recipe.validate()
     if recipe.data is None:
-        raise UserError(f"data is required (repvit {task.name} train --help shows the layout)", arguments=["data"])
+        raise UserError(f"{param('data')} is required (repvit {task.name} train --help shows the layout)")
     ctx = setup_process(recipe.device)
     try:
         run = _setup(task, recipe, ctx)
@@ -166,8 +166,7 @@ def _setup(task: DenseTask, recipe: DenseRecipe, ctx: ProcessContext) -> _DenseR
                                  seed=recipe.seed, drop_last=True)
     iters_per_epoch = len(sampler) // recipe.batch_size
     if iters_per_epoch == 0:
-        raise UserError(f"{len(sampler)} training images per process is fewer than one batch of {recipe.batch_size}",
-                        arguments=["batch_size"])
+        raise UserError(f"{len(sampler)} training images per process is fewer than one batch of {recipe.batch_size}")
     torch.manual_seed(recipe.seed)
     model = task.build_model(recipe).to(ctx.device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
@@ -196,13 +195,13 @@ def _resume(run: _DenseRun, path: Path) -> None:
     recipe = run.recipe
     state = read_run_checkpoint(path, run.task.name, argument="resume")
     if state["model_name"] != recipe.model or state["num_classes"] != len(run.class_names):
-        raise UserError(f"resume {path}: the checkpoint is {state['model_name']} with {state['num_classes']} classes, "
-                        f"this run {recipe.model} with {len(run.class_names)}", arguments=["resume"])
+        raise UserError(f"{param('resume')} {path}: the checkpoint is {state['model_name']} with "
+                        f"{state['num_classes']} classes, this run {recipe.model} with {len(run.class_names)}")
     try:
         run.raw_model.load_state_dict(state["state_dict"])
     except RuntimeError as err:  # e.g. another detector or head width than the checkpoint's
-        raise UserError(f"resume {path}: the checkpoint's model differs from this run's ({first_line(err, limit=200)})",
-                        arguments=["resume"]) from None
+        raise UserError(f"{param('resume')} {path}: the checkpoint's model differs from this run's "
+                        f"({first_line(err, limit=200)})") from None
     run.optimizer.load_state_dict(state["optimizer"])
     run.step.load_scaler_state(state.get("scaler"))
     run.it, run.best, run.history = state["iter"], state["best"], list(state["history"])

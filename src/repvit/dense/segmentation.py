@@ -32,11 +32,11 @@ from ..factory import create_model
 from ..layers import ConvNormAct
 from ..train import option
 from ..train.process import all_reduce_sum, sample_generator
-from ..utils import resolve_device
+from ..utils import param, resolve_device
 from .loop import DenseRecipe, read_dense_checkpoint, restore_dense_model, train_dense
 
 __all__ = ["SegmentRecipe", "SemanticFPN", "SegmentationFolder", "SegmentationTask", "build_segmenter",
-           "segmentation_metrics", "load_segmenter", "predict_segmentation", "train_segmenter", "infer"]
+           "segmentation_metrics", "load_segmenter", "predict_segmentation", "train_segmenter", "infer", "palette"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -131,8 +131,8 @@ class SegmentationFolder(Dataset):
         images, labels = root / "images" / split, root / "annotations" / split
         for folder in (images, labels):
             if not folder.is_dir():
-                raise DatasetError(f"data {root}: expected {folder} (layout: ROOT/images/{split}/*.jpg and "
-                                   f"ROOT/annotations/{split}/*.png)", arguments=["data"])
+                raise DatasetError(f"{param('data')} {root}: expected {folder} (layout: ROOT/images/{split}/*.jpg and "
+                                   f"ROOT/annotations/{split}/*.png)")
         self.samples = []
         for image in sorted(p for p in images.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
             label = labels / f"{image.stem}.png"
@@ -331,7 +331,7 @@ def palette(num_classes: int) -> np.ndarray:
     return rng.integers(40, 256, size=(num_classes, 3), dtype=np.uint8)
 
 
-def predict_segmentation(checkpoint, images, out_dir, device: str = "auto", alpha: float = 0.5) -> list[Path]:
+def predict_segmentation(checkpoint, images, out_dir, device: str = "cpu", alpha: float = 0.5) -> list[Path]:
     """Colour-coded segmentations blended onto the images, saved as PNGs in ``out_dir``."""
     model, recipe, _ = load_segmenter(checkpoint)
     device = resolve_device(device)

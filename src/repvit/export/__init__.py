@@ -14,7 +14,7 @@ from .executorch import export_executorch, export_executorch_int8, load_executor
 from .formats import FORMAT_ALIASES, FORMATS, RUNTIME_PACKAGES, ExportFormat, check_formats
 from .int8 import format_quantize_eval, quantize_eval
 from .litert import export_litert, load_litert
-from .ncnn import export_ncnn, load_ncnn
+from .ncnn import NCNN_FILES, export_ncnn, load_ncnn
 from .onnx import export_onnx, export_onnx_int8, load_onnx
 from .openvino import export_openvino, load_openvino
 from .parity import INT8_MIN_COSINE, evaluate_artifact, parity_tolerance
@@ -24,4 +24,4 @@ __all__ = ["ExportFormat", "ExportResult", "FORMATS", "FORMAT_ALIASES", "RUNTIME
            "export_openvino", "export_onnx_int8", "export_executorch_int8", "load_onnx", "load_executorch",
            "load_coreml", "load_litert", "load_ncnn", "load_openvino", "set_executorch_threads", "parity_tolerance",
            "evaluate_artifact", "INT8_MIN_COSINE", "quantize_eval", "format_quantize_eval", "ExportError",
-           "ParitySkipped", "INPUT_NAME", "OUTPUT_NAME"]
+           "ParitySkipped", "INPUT_NAME", "OUTPUT_NAME", "NCNN_FILES"]

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from ..utils import param
 from .common import INPUT_NAME, OUTPUT_NAME, ExportError, ParitySkipped
 
 __all__ = ["export_coreml", "load_coreml", "NormalizedImageInput", "image_pixels", "parity_input"]
@@ -48,7 +49,7 @@ def export_coreml(model: nn.Module, example: torch.Tensor, path: Path, *, image_
     ct = _import_coremltools()
 
     if precision not in ("fp32", "fp16"):
-        raise ExportError(f"coreml_precision must be fp32 or fp16, got {precision!r}", arguments=["coreml_precision"])
+        raise ExportError(f"{param('coreml_precision')} must be fp32 or fp16, got {precision!r}")
     if image_input:
         model = NormalizedImageInput(model).eval()
         inputs = [ct.ImageType(name=INPUT_NAME, shape=tuple(example.shape), color_layout=ct.colorlayout.RGB)]

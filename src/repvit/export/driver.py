@@ -20,7 +20,7 @@ from ..data import EVAL_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, c
 from ..factory import create_model
 from ..models import get_variant
 from ..reparam import reparameterize
-from ..utils import first_line, package_versions
+from ..utils import first_line, package_versions, param
 from .common import ExportError, ParitySkipped
 from .formats import FORMATS, RUNTIME_PACKAGES, ExportFormat, check_formats
 from .parity import INT8_MIN_COSINE, as_tensor, evaluate_artifact, parity_tolerance
@@ -98,13 +98,12 @@ def export(
 
 def _check_request(img_size, batch, dynamic_batch, int8, calib, calib_images) -> None:
     if img_size < 32 or batch < 1:
-        raise ExportError(f"img_size must be >= 32 and batch >= 1, got {img_size} and {batch}",
-                          arguments=["img_size", "batch"])
+        raise ExportError(f"{param('img_size')} must be >= 32 and {param('batch')} >= 1, got {img_size} and {batch}")
     if int8 and (calib is None or batch != 1 or dynamic_batch):
-        raise ExportError("int8 needs calib DATA (an ImageFolder root or 'digits': real images to calibrate "
-                          "on), batch 1 and no dynamic_batch", arguments=["int8", "calib", "batch", "dynamic_batch"])
+        raise ExportError(f"{param('int8')} needs {param('calib')} DATA (an ImageFolder root or 'digits': real images "
+                          f"to calibrate on), {param('batch')} 1 and no {param('dynamic_batch')}")
     if int8 and calib_images < 1:
-        raise ExportError(f"calib_images must be >= 1, got {calib_images}", arguments=["calib_images"])
+        raise ExportError(f"{param('calib_images')} must be >= 1, got {calib_images}")
 
 
 def _deployed(model, weights) -> tuple[str, nn.Module]:
@@ -114,8 +113,7 @@ def _deployed(model, weights) -> tuple[str, nn.Module]:
         name, net = model, create_model(model, weights=weights, deploy=True)
     else:
         if weights is not None:
-            raise ExportError("weights applies to a model name; load weights into the module first",
-                              arguments=["weights"])
+            raise ExportError(f"{param('weights')} applies to a model name; load the weights into the module first")
         name, net = getattr(model, "name", type(model).__name__.lower()), model
     return name, reparameterize(net).float()  # a new deployed copy, eval mode (a deployed input stays equal)
 

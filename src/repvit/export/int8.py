@@ -20,7 +20,7 @@ from ..data import EVAL_CROP_PCT, DatasetError, ImageSet, calibration_images, im
 from ..data.calibration import shuffled
 from ..factory import create_model
 from ..reparam import reparameterize
-from ..utils import UserError, first_line, topk_hits
+from ..utils import UserError, first_line, param, topk_hits
 from ..weights import read_checkpoint
 from .driver import INT8_FORMATS
 from .formats import FORMATS, check_formats
@@ -41,14 +41,13 @@ def quantize_eval(model, data, *, weights=None, formats=("executorch", "onnx"), 
     """
     formats = _int8_formats(formats)
     if calib_images < 1 or (val_images is not None and val_images < 1):
-        raise UserError("calib_images and val_images must be >= 1", arguments=["calib_images", "val_images"])
+        raise UserError(f"{param('calib_images')} and {param('val_images')} must be >= 1")
     checkpoint = read_checkpoint(weights) if isinstance(model, str) and weights is not None else None
     name = model if isinstance(model, str) else type(model).__name__
     net = reparameterize(create_model(model, weights=checkpoint) if isinstance(model, str) else model).eval()
     root = resolve_image_source(data)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise DatasetError(f"data {data}: expected train/ and val/ folders (calibration on train, top-1 on val)",
-                           arguments=["data"])
+        raise DatasetError(f"{param('data')} {data}: expected train/ and val/ folders (calibration on train, top-1 on val)")
     calibration = calibration_images(root, img_size, calib_images, crop_pct=crop_pct)
     val = _val_set(root, data, net, checkpoint, img_size, crop_pct, val_images)
     val_images, pytorch_top1 = _pytorch_top1(net, val, data)
@@ -68,8 +67,7 @@ def _int8_formats(formats) -> list[str]:
     formats = check_formats(formats)
     unknown = [f for f in formats if f not in INT8_FORMATS]
     if unknown:
-        raise UserError(f"formats: int8 is available for {', '.join(INT8_FORMATS)}, got {', '.join(unknown)}",
-                        arguments=["formats"])
+        raise UserError(f"{param('formats')}: int8 is available for {', '.join(INT8_FORMATS)}, got {', '.join(unknown)}")
     return formats
 
 
@@ -80,11 +78,11 @@ def _val_set(root: Path, data, net: nn.Module, checkpoint, img_size, crop_pct, v
         val = val.subset(shuffled(len(val), 1)[:val_images])
     num_classes = getattr(net, "num_classes", None)
     if num_classes is not None and num_classes != len(val.classes):
-        raise DatasetError(f"data {data}: {len(val.classes)} classes, but the model has {num_classes} outputs "
-                           "(pass weights trained on this data)", arguments=["data", "weights"])
+        raise DatasetError(f"{param('data')} {data}: {len(val.classes)} classes, but the model has {num_classes} outputs "
+                           f"(pass {param('weights')} trained on this dataset)")
     if checkpoint is not None and checkpoint.class_names and checkpoint.class_names != val.classes:
-        raise DatasetError(f"data {data}: class folders {val.classes[:3]}... differ from the checkpoint's classes "
-                           f"{checkpoint.class_names[:3]}...", arguments=["data"])
+        raise DatasetError(f"{param('data')} {data}: class folders {val.classes[:3]}... differ from the checkpoint's "
+                           f"classes {checkpoint.class_names[:3]}...")
     return val
 
 
@@ -95,7 +93,7 @@ def _pytorch_top1(net: nn.Module, val: ImageSet, data) -> tuple[int, float]:
             hits += topk_hits(net(x), torch.tensor([y]), (1,))[0]
             n += 1
     if n == 0:
-        raise DatasetError(f"data {data}: no readable images in val/", arguments=["data"])
+        raise DatasetError(f"{param('data')} {data}: no readable images in val/")
     return n, 100 * hits / n
 
 

@@ -76,7 +76,7 @@ def _build_stages(net: NetSpec, num_stages: int) -> nn.Sequential:
 def _stage_info(net: NetSpec) -> FeatureInfo:
     return FeatureInfo(
         dict(num_chs=w, reduction=s, module=f"stages.{i}")
-        for i, (w, s) in enumerate(zip(net.widths, net.reductions()))
+        for i, (w, s) in enumerate(zip(net.widths, net.strides()))
     )
 
 

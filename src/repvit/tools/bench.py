@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data import calibration_images
 from ..export import FORMATS, export_executorch, load_executorch, set_executorch_threads
-from ..utils import UserError, first_line, resolve_device, split_list
+from ..utils import UserError, first_line, param, resolve_device, split_list
 from .complexity import count_macs, count_params
 from .report import BenchReport, empty_row
 from .targets import BenchTarget, resolve_models
@@ -85,8 +85,8 @@ def run_bench(
     """
     runtimes = _check_runtimes(runtimes, int8)
     if min(threads, batch, rounds, iters) < 1 or warmup < 0 or img_size < 32:
-        raise UserError("threads, batch, rounds and iters must be >= 1, warmup >= 0, img_size >= 32",
-                        arguments=["threads", "batch", "rounds", "iters", "warmup", "img_size"])
+        raise UserError(f"{param('threads')}, {param('batch')}, {param('rounds')} and {param('iters')} must be >= 1, "
+                        f"{param('warmup')} >= 0, {param('img_size')} >= 32")
     if isinstance(models, list) and models and all(isinstance(m, BenchTarget) for m in models):
         targets = models
     else:
@@ -97,8 +97,7 @@ def run_bench(
     uses_executorch = any(RUNTIMES[r].format == "executorch" for r in runtimes)
     if peak:
         if uses_executorch and threads != 1:
-            raise UserError("peak measures single-thread GEMM with XNNPACK; run it with threads 1",
-                            arguments=["peak", "threads"])
+            raise UserError(f"{param('peak')} measures single-thread GEMM with XNNPACK; run it with {param('threads')} 1")
         env["matmul_gflops_1thread"] = matmul_peak_gflops()
     example = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     common = {"threads": threads, "batch": batch, "img_size": img_size}
@@ -128,8 +127,7 @@ def _check_runtimes(runtimes, int8: bool = False) -> list[str]:
     names = split_list(runtimes)
     unknown = [r for r in names if r not in RUNTIMES]
     if unknown or not names:
-        raise UserError(f"unknown runtime {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}",
-                        arguments=["runtimes"])
+        raise UserError(f"unknown runtime {', '.join(unknown) or '(none)'}; choose from {', '.join(RUNTIMES)}")
     if int8:
         names = [r for name in names for r in (name, INT8_TWINS.get(name)) if r]
     return list(dict.fromkeys(names))
@@ -144,8 +142,7 @@ def _calibration(runtimes, calib, calib_images, batch, img_size, env) -> list[to
         env["int8_calibration"] = "8 random inputs (latency only: accuracy needs real images)"
         return [torch.randn(batch, 3, img_size, img_size, generator=gen) for _ in range(8)]
     if batch != 1:
-        raise UserError("calib needs batch 1 (the int8 programs are calibrated image by image)",
-                        arguments=["calib", "batch"])
+        raise UserError(f"{param('calib')} needs {param('batch')} 1 (the int8 programs are calibrated image by image)")
     calibration = calibration_images(calib, img_size, calib_images)
     env["int8_calibration"] = f"{len(calibration)} images of {calib}"
     return calibration

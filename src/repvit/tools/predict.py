@@ -10,7 +10,7 @@ from ..data import eval_transform, imagenet_class_names, load_image
 from ..factory import create_model
 from ..models import get_variant
 from ..reparam import reparameterize
-from ..utils import UserError, resolve_device
+from ..utils import UserError, param, resolve_device
 from ..weights import CheckpointError, default_weights, read_checkpoint
 
 __all__ = ["Prediction", "predict"]
@@ -23,20 +23,20 @@ class Prediction:
 
 
 def predict(images, model: str = "repvit_m0_9", weights=None, topk: int = 5, img_size: int = 224,
-            device: str = "auto") -> list[Prediction]:
+            device: str = "cpu") -> list[Prediction]:
     """Top-k classes for each image, using the paper's eval transform and the deployed model.
 
     ``weights`` defaults to the model's recommended registered weights (downloaded once).
     """
     get_variant(model)
     if topk < 1:
-        raise UserError(f"topk must be >= 1, got {topk}", arguments=["topk"])
+        raise UserError(f"{param('topk')} must be >= 1, got {topk}")
     device = resolve_device(device)
     pictures = [load_image(p) for p in images]  # fail on a bad file before loading any weights
     if weights is None:
         weights = default_weights(model)
         if weights is None:
-            raise CheckpointError(f"{model} has no registered weights; pass weights PATH", arguments=["weights"])
+            raise CheckpointError(f"{model} has no registered weights; pass {param('weights')} PATH")
     checkpoint = read_checkpoint(weights)
     net = reparameterize(create_model(model, weights=checkpoint)).to(device)
     num_classes = net.num_classes

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..factory import create_model
 from ..models import list_models
-from ..utils import UserError, split_list
+from ..utils import UserError, param, split_list
 from .published import peer_names, published, published_peer, source_text
 
 __all__ = ["BenchTarget", "resolve_models"]
@@ -68,12 +68,12 @@ def resolve_models(spec="all", train_structure: bool = False) -> list[BenchTarge
     """
     tokens = split_list(spec)
     if not tokens:
-        raise UserError("models is empty", arguments=["models"])
+        raise UserError(f"{param('models')} is empty")
     targets: list[BenchTarget] = []
     for token in tokens:
         base, _, suffix = token.partition("@")
         if suffix not in ("", "train"):
-            raise UserError(f"models {token!r}: the only suffix is @train", arguments=["models"])
+            raise UserError(f"{param('models')} {token!r}: the only suffix is @train")
         structure = "train" if suffix else "deployed"
         ours = list_models() + list_models(roadmap=True)
         if base in ("all", "repvit", "peers"):
@@ -91,8 +91,8 @@ def resolve_models(spec="all", train_structure: bool = False) -> list[BenchTarge
                 except ValueError:
                     close = difflib.get_close_matches(name, list_models() + peer_names(), n=1)
                     hint = f" Did you mean {close[0]!r}?" if close else ""
-                    raise UserError(f"models: unknown model {name!r}.{hint} Use a RepViT name, a timm "
-                                    "model name, timm:NAME, or the groups all, repvit, peers", arguments=["models"]) from None
+                    raise UserError(f"{param('models')}: unknown model {name!r}.{hint} Use a RepViT name, a timm "
+                                    "model name, timm:NAME, or the groups all, repvit, peers") from None
     if train_structure:
         targets += [_ours(t.name, "train") for t in targets if t.family == "repvit" and t.structure == "deployed"]
     unique = {t.name: t for t in targets}

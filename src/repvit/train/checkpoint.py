@@ -14,14 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import param
 from ..weights import CheckpointError, load_torch_file
 
 __all__ = ["LAST", "BEST", "resume_path", "read_run_checkpoint", "write_metrics", "rng_state"]
 
 LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
-
-_COMMANDS = {"train": "repvit train", "detect": "repvit detect train", "segment": "repvit segment train"}
-
 
 def resume_path(resume: str | None, output) -> Path | None:
     """The checkpoint to resume from: a path, or OUTPUT/checkpoint-last.pth for ``"auto"`` when it
@@ -36,11 +34,11 @@ def resume_path(resume: str | None, output) -> Path | None:
 
 def read_run_checkpoint(path, kind: str, argument: str | None = None) -> dict:
     """A checkpoint written by ``repvit <kind> train``; ``argument`` names the parameter it came from."""
-    label = f"{argument} {path}" if argument else str(path)
-    arguments = [argument] if argument else []
-    state = load_torch_file(path, label=label, arguments=arguments)
+    label = f"{param(argument)} {path}" if argument else str(path)
+    state = load_torch_file(path, label=label)
     if not isinstance(state, dict) or state.get("format") != f"repvit-{kind}":
-        raise CheckpointError(f"{label}: not a checkpoint of `{_COMMANDS[kind]}`", arguments=arguments)
+        command = "repvit train" if kind == "train" else f"repvit {kind} train"
+        raise CheckpointError(f"{label}: not a checkpoint of `{command}`")
     return state
 
 

@@ -34,11 +34,20 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import SkippingImageFolder, check_image_folder, collate_skipping, train_transform
 from ..factory import create_model
-from ..utils import UserError, first_line
+from ..utils import UserError, first_line, param
 from ..weights import load_weights, read_checkpoint
 from .checkpoint import BEST, LAST, read_run_checkpoint, resume_path, write_metrics
 from .distill import DistillationLoss, build_teacher
-from .epoch import DEPLOYED_BEST, ClassificationRun, evaluate_epoch, log_epoch, save_epoch, tensorboard, train_one_epoch
+from .epoch import (
+    DEPLOYED_BEST,
+    ClassificationRun,
+    evaluate_epoch,
+    log_epoch,
+    save_best,
+    save_last,
+    tensorboard,
+    train_one_epoch,
+)
 from .evaluate import build_eval_loader
 from .process import ProcessContext, end_process, seed_worker, setup_process, wrap_ddp
 from .qat import QAT_NEEDS_FINETUNE, QAT_OFF, export_qat_best, qat_model
@@ -78,12 +87,11 @@ def _checked(recipe: TrainRecipe) -> tuple[TrainRecipe, dict]:
     """The validated recipe, and what ``qat`` turned off in it."""
     recipe = recipe.validate()
     if recipe.data is None:
-        raise UserError("data is required: an ImageFolder root with train/ and val/ (or run repvit quickstart)",
-                        arguments=["data"])
+        raise UserError(f"{param('data')} is required: an ImageFolder root with train/ and val/ (or run repvit quickstart)")
     if not recipe.qat:
         return recipe, {}
     if not recipe.finetune and not recipe.resume:
-        raise UserError(QAT_NEEDS_FINETUNE, arguments=["qat", "finetune"])
+        raise UserError(QAT_NEEDS_FINETUNE)
     changes = {k: v for k, v in QAT_OFF.items() if getattr(recipe, k) != v}
     return replace(recipe, **changes), changes
 
@@ -97,15 +105,15 @@ def _setup(recipe: TrainRecipe, ctx: ProcessContext, qat_changes: dict) -> Class
     root = Path(recipe.data)
     class_names = check_image_folder(root)
     if (recipe.num_classes or len(class_names)) != len(class_names):
-        raise UserError(f"num_classes {recipe.num_classes} does not match the {len(class_names)} class folders in "
-                        f"{root}", arguments=["num_classes"])
+        raise UserError(f"{param('num_classes')} {recipe.num_classes} does not match the {len(class_names)} class "
+                        f"folders in {root}")
     train_loader, sampler = _train_loader(recipe, root, ctx)
     val_loader = build_eval_loader(root / "val", recipe.img_size, recipe.crop_pct, recipe.batch_size,
                                    recipe.workers, ctx)
     resume = resume_path(recipe.resume, recipe.output)
     raw_model = _model(recipe, ctx, class_names, resume)
     if recipe.qat and ctx.is_main and qat_changes:
-        log.info("qat: %s", ", ".join(f"{k} -> {v!r}" for k, v in qat_changes.items()))
+        log.info("qat turns off: %s", ", ".join(f"{k} -> {v!r}" for k, v in qat_changes.items()))
     lr = recipe.lr if recipe.lr is not None else recipe.base_lr * recipe.batch_size * ctx.world_size / 512
     optimizer = create_optimizer_v2(raw_model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay,
                                     eps=recipe.opt_eps)
@@ -140,7 +148,7 @@ def _train_loader(recipe: TrainRecipe, root: Path, ctx: ProcessContext):
                                      seed=recipe.seed, drop_last=True)
     if len(sampler) < recipe.batch_size:
         raise UserError(f"{root / 'train'}: {len(sampler)} images per process is fewer than one batch of "
-                        f"{recipe.batch_size}; lower batch_size", arguments=["batch_size"])
+                        f"{recipe.batch_size}; lower {param('batch_size')}")
     loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler, num_workers=recipe.workers,
                         collate_fn=collate_skipping, pin_memory=ctx.device.type == "cuda", drop_last=True,
                         worker_init_fn=seed_worker)
@@ -198,8 +206,8 @@ def _resume(run: ClassificationRun, path: Path) -> None:
                 "qat": recipe.qat}
     for key, value in this_run.items():
         if state.get(key, False) != value:
-            raise UserError(f"resume {path}: the checkpoint has {key}={state.get(key, False)!r}, this run {value!r}",
-                            arguments=["resume"])
+            raise UserError(f"{param('resume')} {path}: the checkpoint has {key}={state.get(key, False)!r}, "
+                            f"this run {value!r}")
     run.raw_model.load_state_dict(state["state_dict"])
     run.optimizer.load_state_dict(state["optimizer"])
     for group in run.optimizer.param_groups:  # the recipe's weight decay, not the checkpoint's
@@ -225,7 +233,7 @@ def _wrapped(run: ClassificationRun) -> nn.Module:
     recipe, ctx, model = run.recipe, run.ctx, run.raw_model
     if recipe.sync_bn and ctx.distributed:
         if ctx.device.type != "cuda":
-            raise UserError("sync_bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)", arguments=["sync_bn"])
+            raise UserError(f"{param('sync_bn')} needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)")
         model = run.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = wrap_ddp(model, ctx)
     if recipe.compile:  # after DDP, so gradient communication can overlap the backward pass
@@ -264,8 +272,10 @@ def _train_epochs(run: ClassificationRun) -> TrainResult:
         is_best = evaluate_epoch(run, epoch, record)
         run.history.append(record)
         if ctx.is_main:
-            save_epoch(run, epoch, is_best)
-            log_epoch(run, record, writer, unreadable_examples)
+            state = save_last(run, epoch)
+            log_epoch(run, record, writer, unreadable_examples)  # after the checkpoint it describes
+            if is_best:
+                save_best(run, state, epoch)
         epochs_run += 1
         if recipe.stop_after_epochs and epochs_run >= recipe.stop_after_epochs and epoch + 1 < recipe.epochs:
             if ctx.is_main:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..factory import create_model
 from ..models import list_models
-from ..utils import UserError, first_line
+from ..utils import UserError, first_line, param
 from ..weights import read_state_dict
 
 __all__ = ["DistillationLoss", "build_teacher"]
@@ -61,13 +61,13 @@ class DistillationLoss(nn.Module):
 def build_teacher(name: str, weights, num_classes: int, device) -> nn.Module:
     """A frozen, eval-mode teacher: a repvit model, or any timm model with a checkpoint."""
     if weights is None:
-        raise UserError("distillation needs teacher weights: pass teacher_weights (an untrained teacher "
-                        "teaches nothing), or distillation none", arguments=["teacher_weights", "distillation"])
+        raise UserError(f"distillation needs teacher weights: pass {param('teacher_weights')} (an untrained teacher "
+                        f"teaches nothing), or {param('distillation')} none")
     if name in list_models():
         teacher = create_model(name, weights=weights, deploy=True)
     else:
         if name not in timm.list_models():
-            raise UserError(f"teacher {name!r}: not a repvit or timm model", arguments=["teacher"])
+            raise UserError(f"{param('teacher')} {name!r}: not a repvit or timm model")
         state = read_state_dict(weights)
         # the checkpoint decides the class count (a mismatch with the data is reported below)
         classifier = timm.create_model(name, pretrained=False, num_classes=0).pretrained_cfg.get("classifier", "")
@@ -77,13 +77,13 @@ def build_teacher(name: str, weights, num_classes: int, device) -> nn.Module:
         try:
             teacher.load_state_dict(state)
         except RuntimeError as err:
-            raise UserError(f"teacher_weights {weights}: does not fit timm's {name} ({first_line(err, limit=200)})",
-                            arguments=["teacher_weights"]) from None
+            raise UserError(f"{param('teacher_weights')} {weights}: does not fit timm's {name} "
+                            f"({first_line(err, limit=200)})") from None
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     out_classes = getattr(teacher, "num_classes", None)
     if out_classes is not None and out_classes != num_classes:
         raise UserError(f"the teacher {name} predicts {out_classes} classes but the data has {num_classes}: use a "
-                        f"teacher trained on these classes, or distillation none", arguments=["distillation"])
+                        f"teacher trained on these classes, or {param('distillation')} none")
     return teacher

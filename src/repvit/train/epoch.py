@@ -29,8 +29,8 @@ from .process import ProcessContext, all_agree, all_reduce_sum, derive_seed, see
 from .recipe import TrainRecipe
 from .step import OptimizerStep, autocast, finite_loss, freeze_batchnorm
 
-__all__ = ["ClassificationRun", "train_one_epoch", "evaluate_epoch", "save_epoch", "log_epoch", "tensorboard",
-           "DEPLOYED_BEST"]
+__all__ = ["ClassificationRun", "train_one_epoch", "evaluate_epoch", "save_last", "save_best", "log_epoch",
+           "tensorboard", "DEPLOYED_BEST"]
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,8 @@ def evaluate_epoch(run: ClassificationRun, epoch: int, record: dict) -> bool:
     return True
 
 
-def save_epoch(run: ClassificationRun, epoch: int, is_best: bool) -> None:
-    """``checkpoint-last.pth``; for a new best also ``checkpoint-best.pth`` and the deployed weights."""
+def save_last(run: ClassificationRun, epoch: int) -> dict:
+    """Write ``checkpoint-last.pth``; returns what it holds (for :func:`save_best`)."""
     recipe = run.recipe
     state = {
         "format": "repvit-train", "epoch": epoch, "model": recipe.model, "num_classes": len(run.class_names),
@@ -157,11 +157,15 @@ def save_epoch(run: ClassificationRun, epoch: int, is_best: bool) -> None:
     if not recipe.qat:  # lets read_checkpoint/load_weights/predict use this file directly
         state["repvit_metadata"] = {"model": recipe.model, "class_names": json.dumps(run.class_names)}
     atomic_save(state, run.output / LAST)
-    if is_best:
-        atomic_save(state, run.output / BEST)
-        if not recipe.qat:
-            save_weights(reparameterize(run.raw_model), run.output / DEPLOYED_BEST, class_names=run.class_names,
-                         metadata={"epoch": epoch + 1, "val_top1": run.best["top1"]})
+    return state
+
+
+def save_best(run: ClassificationRun, state: dict, epoch: int) -> None:
+    """``checkpoint-best.pth`` and the deployed weights of a new best epoch."""
+    atomic_save(state, run.output / BEST)
+    if not run.recipe.qat:
+        save_weights(reparameterize(run.raw_model), run.output / DEPLOYED_BEST, class_names=run.class_names,
+                     metadata={"epoch": epoch + 1, "val_top1": run.best["top1"]})
 
 
 def _progress(enabled: bool) -> Progress:

@@ -110,7 +110,13 @@ def wrap_ddp(model: nn.Module, ctx: ProcessContext) -> nn.Module:
 
 
 def derive_seed(seed: int, step: int, stream: int = 0) -> int:
-    """A 31-bit seed for one ``step`` (epoch or iteration) of one ``stream`` (a rank, a sample)."""
+    """A 31-bit seed for one ``step`` (epoch or iteration) of one ``stream`` (a rank, or a sample).
+
+    A fixed linear mix (the classification loop's formula since the first release, so its runs
+    replay as before). Two (step, stream) pairs share a seed only when their steps differ by a
+    multiple of 101 and their streams by a multiple of 10007: never for (iteration, rank) or
+    (epoch, rank), and for (epoch, sample index) only between epochs at least 101 apart.
+    """
     return (seed * 1_000_003 + step * 10_007 + stream * 101) % 2**31
 
 

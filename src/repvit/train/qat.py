@@ -25,7 +25,7 @@ from ..export import evaluate_artifact, export_executorch, load_executorch
 from ..export.executorch import xnnpack_quantizer
 from ..factory import create_model
 from ..reparam import reparameterize
-from ..utils import UserError
+from ..utils import UserError, param
 from ..weights import read_checkpoint
 from .checkpoint import read_run_checkpoint
 from .evaluate import build_eval_loader
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 #: What --qat turns off: a short fine-tune of the deployed int8 graph (one classifier, no BatchNorm).
 QAT_OFF = {"distillation": "none", "model_ema": False, "amp": "off", "channels_last": False, "compile": False,
            "freeze_bn": False, "sync_bn": False, "drop_rate": 0.0}
-QAT_NEEDS_FINETUNE = "qat fine-tunes a trained model: give finetune SRC (a checkpoint of these classes)"
+QAT_NEEDS_FINETUNE = (f"{param('qat')} fine-tunes a trained model: give {param('finetune')} SRC (a checkpoint of "
+                      "these classes)")
 
 
 class QATModel(nn.Module):
@@ -74,8 +75,8 @@ def prepare_qat(model: nn.Module, img_size: int) -> QATModel:
     quantizer = xnnpack_quantizer(qat=True)
     deployed = reparameterize(model).float()
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in deployed.modules()):
-        raise UserError("qat needs drop_rate 0: dropout cannot be switched off inside an exported graph",
-                        arguments=["qat", "drop_rate"])
+        raise UserError(f"{param('qat')} needs {param('drop_rate')} 0: dropout cannot be switched off inside an "
+                        "exported graph")
     example = torch.randn(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     graph = torch.export.export(deployed, (example,), dynamic_shapes=({0: batch},)).module()
@@ -95,16 +96,16 @@ def qat_model(recipe: TrainRecipe, num_classes: int, class_names: list[str], res
     if resume_path is not None:  # the checkpoint's weights are loaded into the prepared graph later
         return prepare_qat(create_model(recipe.model, num_classes=num_classes), recipe.img_size)
     if not recipe.finetune:
-        raise UserError(QAT_NEEDS_FINETUNE, arguments=["qat", "finetune"])
+        raise UserError(QAT_NEEDS_FINETUNE)
     source = read_checkpoint(recipe.finetune)
     if source.num_classes != num_classes:
-        raise UserError(f"qat fine-tunes a model of these classes: finetune {recipe.finetune} has "
-                        f"{source.num_classes} classes, data {num_classes} (train it first without qat)",
-                        arguments=["qat", "finetune", "data"])
+        raise UserError(f"{param('qat')} fine-tunes a model of these classes: {param('finetune')} {recipe.finetune} "
+                        f"has {source.num_classes} classes, {param('data')} {num_classes} (train it first without "
+                        f"{param('qat')})")
     if source.class_names and source.class_names != class_names:
-        raise UserError(f"qat: the class folders of data ({', '.join(class_names[:3])}, ...) differ from "
-                        f"finetune {recipe.finetune}'s classes ({', '.join(source.class_names[:3])}, ...)",
-                        arguments=["qat", "data", "finetune"])
+        raise UserError(f"{param('qat')}: the class folders of {param('data')} ({', '.join(class_names[:3])}, ...) "
+                        f"differ from {param('finetune')} {recipe.finetune}'s classes "
+                        f"({', '.join(source.class_names[:3])}, ...)")
     return prepare_qat(create_model(recipe.model, weights=source), recipe.img_size)
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from ..utils import UserError, first_line
+from ..utils import UserError, first_line, param
 
-__all__ = ["Recipe", "TrainRecipe", "load_recipe", "recipe_names", "RecipeError", "DEIT_REGNETY160_URL", "option"]
+__all__ = ["Recipe", "TrainRecipe", "load_recipe", "recipe_names", "RecipeError", "DEIT_REGNETY160_URL", "option",
+           "PER_RUN_KEYS"]
 
 #: RegNetY-16GF teacher weights used by DeiT and RepViT (82.9% top-1).
 DEIT_REGNETY160_URL = "https://dl.fbaipublicfiles.com/deit/regnety_160-a5fe301d.pth"
@@ -57,10 +58,10 @@ class Recipe:
             setattr(self, f.name, value)
             choices = f.metadata.get("choices")
             if choices and value not in choices:
-                raise RecipeError(f"{f.name}: expected one of {', '.join(choices)}, got {value!r}", arguments=[f.name])
+                raise RecipeError(f"{param(f.name)}: expected one of {', '.join(choices)}, got {value!r}")
             check = f.metadata.get("check")
             if check and value is not None and not _CHECKS[check][0](value):
-                raise RecipeError(f"{f.name} {_CHECKS[check][1]}, got {value}", arguments=[f.name])
+                raise RecipeError(f"{param(f.name)} {_CHECKS[check][1]}, got {value}")
         self._check()
         return self
 
@@ -168,22 +169,21 @@ class TrainRecipe(Recipe):
     # ------------------------------------------------------------------------------------------
     def _check(self) -> None:
         if not 0 < self.crop_pct <= 1:
-            raise RecipeError(f"crop_pct must be in (0, 1], got {self.crop_pct}", arguments=["crop_pct"])
+            raise RecipeError(f"{param('crop_pct')} must be in (0, 1], got {self.crop_pct}")
         if self.img_size < 32:
-            raise RecipeError(f"img_size must be >= 32 (the network's total stride), got {self.img_size}",
-                              arguments=["img_size"])
+            raise RecipeError(f"{param('img_size')} must be >= 32 (the network's total stride), got {self.img_size}")
         if self.warmup_epochs >= self.epochs and self.epochs > 1:
-            raise RecipeError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})",
-                              arguments=["warmup_epochs", "epochs"])
+            raise RecipeError(f"{param('warmup_epochs')} ({self.warmup_epochs}) must be smaller than {param('epochs')} "
+                              f"({self.epochs})")
         if self.batch_size < 2:
-            raise RecipeError("batch_size must be >= 2 (BatchNorm needs two samples per batch)", arguments=["batch_size"])
+            raise RecipeError(f"{param('batch_size')} must be >= 2 (BatchNorm needs two samples per batch)")
         if self.mixup_active and self.batch_size % 2:
-            raise RecipeError(f"batch_size must be even with mixup/cutmix (it pairs images), got {self.batch_size}",
-                              arguments=["batch_size"])
+            raise RecipeError(f"{param('batch_size')} must be even with mixup/cutmix (it pairs images), "
+                              f"got {self.batch_size}")
         if self.distillation_tau <= 0:
-            raise RecipeError(f"distillation_tau must be > 0, got {self.distillation_tau}", arguments=["distillation_tau"])
+            raise RecipeError(f"{param('distillation_tau')} must be > 0, got {self.distillation_tau}")
         if self.num_classes is not None and self.num_classes < 1:
-            raise RecipeError(f"num_classes must be >= 1, got {self.num_classes}", arguments=["num_classes"])
+            raise RecipeError(f"{param('num_classes')} must be >= 1, got {self.num_classes}")
 
     @property
     def mixup_active(self) -> bool:
@@ -197,7 +197,7 @@ def _coerce(name: str, value, hint):
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None
-        raise RecipeError(f"{name} cannot be empty", arguments=[name])
+        raise RecipeError(f"{param(name)} cannot be empty")
     if optional:
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -230,7 +230,7 @@ def _coerce(name: str, value, hint):
         raise
     except (TypeError, ValueError):
         kind = getattr(hint, "__name__", str(hint))
-        raise RecipeError(f"{name}: expected {kind}, got {value!r}", arguments=[name]) from None
+        raise RecipeError(f"{param(name)}: expected {kind}, got {value!r}") from None
 
 
 def recipe_names() -> list[str]:
@@ -246,15 +246,14 @@ def _read_yaml(config) -> dict:
     elif str(config) in recipe_names():
         text = resources.files("repvit").joinpath(f"recipes/{config}.yaml").read_text()
     else:
-        raise RecipeError(f"config {config}: no such file or packaged recipe (packaged: {', '.join(recipe_names())})",
-                          arguments=["config"])
+        raise RecipeError(f"{param('config')} {config}: no such file or packaged recipe "
+                          f"(packaged: {', '.join(recipe_names())})")
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise RecipeError(f"config {config}: not valid YAML ({first_line(err)})", arguments=["config"]) from None
+        raise RecipeError(f"{param('config')} {config}: not valid YAML ({first_line(err)})") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"config {config}: expected a mapping of recipe keys, got {type(data).__name__}",
-                          arguments=["config"])
+        raise RecipeError(f"{param('config')} {config}: expected a mapping of recipe keys, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 

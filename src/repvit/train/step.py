@@ -9,7 +9,9 @@ import torch
 from timm.utils import dispatch_clip_grad
 from torch import nn
 
-__all__ = ["amp_dtype", "autocast", "OptimizerStep", "finite_loss", "freeze_batchnorm"]
+from ..utils import UserError, param
+
+__all__ = ["amp_dtype", "autocast", "OptimizerStep", "finite_loss", "LossNotFinite", "freeze_batchnorm"]
 
 _AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -62,12 +64,16 @@ class OptimizerStep:
             self.scaler.load_state_dict(state)
 
 
+class LossNotFinite(UserError, FloatingPointError):
+    """The loss became inf or nan: training cannot continue from here."""
+
+
 def finite_loss(loss: torch.Tensor, where: str) -> float:
-    """The loss as a float; a FloatingPointError saying where when it is not finite."""
+    """The loss as a float; :class:`LossNotFinite` (a FloatingPointError) saying where when it is not finite."""
     value = loss.item()
     if not math.isfinite(value):
-        raise FloatingPointError(f"loss is {value} at {where}: lower the learning rate, or train without "
-                                 "fp16 autocast (amp off)")
+        raise LossNotFinite(f"loss is {value} at {where}: lower the learning rate ({param('lr')}), or try "
+                            f"{param('amp')} off")
     return value
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, param
 
 __all__ = ["resolve_device"]
 
@@ -18,8 +18,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise UserError(f"device {device!r}: expected cpu, cuda or cuda:N (or auto)", arguments=["device"]) from None
+        raise UserError(f"{param('device')} {device!r}: expected cpu, cuda or cuda:N (or auto)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device}: CUDA is not available on this machine; use device cpu",
-                        arguments=["device"])
+        raise UserError(f"{param('device')} {device}: CUDA is not available on this machine; use {param('device')} cpu")
     return resolved

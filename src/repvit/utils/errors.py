@@ -1,34 +1,37 @@
 """Error text: one line a user can act on.
 
-Library errors name arguments as the Python API does (``calib_images``); a :class:`UserError` lists
-those names, so the command line can show them as its options (``--calib-images``, see
-:func:`flag_text`) without the library knowing about flags.
+Library errors name parameters as the Python API does (``calib_images``), marked with
+:func:`param`; the command line shows the marked names as its options (``--calib-images``, see
+:func:`flag_text`) without the library knowing about flags. The mark is invisible in ``str(err)``.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["UserError", "first_line", "flag_text", "split_list"]
+__all__ = ["UserError", "param", "first_line", "flag_text", "split_list"]
+
+_MARK = "\ue000"  # brackets a parameter name inside a message (a private-use character: never real text)
+
+
+def param(name: str) -> str:
+    """``name`` marked as a parameter in an error message: the library shows it as it is, the command
+    line as its option (``img_size`` -> ``--img-size``)."""
+    return f"{_MARK}{name}{_MARK}"
 
 
 class UserError(ValueError):
-    """A problem the user can fix (a bad argument, file or folder), said in one line.
+    """A problem the user can fix (a bad argument, file or folder), said in one line; parameter
+    names in it are marked with :func:`param`."""
 
-    ``arguments``: the parameter names the message mentions, in the library's spelling.
-    """
-
-    def __init__(self, message: str, *, arguments: tuple[str, ...] | list[str] = ()):
-        super().__init__(message)
-        self.arguments = tuple(arguments)
+    def __str__(self) -> str:
+        return super().__str__().replace(_MARK, "")
 
 
 def flag_text(err: BaseException) -> str:
-    """The error's first line with the arguments it names written as command-line options."""
-    text = first_line(err, limit=None)
-    for name in getattr(err, "arguments", ()):  # a word of its own, not part of a path or another name
-        text = re.sub(rf"(?<![\w./\\-]){re.escape(name)}(?![\w/\\-])", "--" + name.replace("_", "-"), text)
-    return text
+    """The error's first line, with the parameters it names written as command-line options."""
+    text = first_line(err.args[0] if isinstance(err, UserError) and err.args else err, limit=None)
+    return re.sub(f"{_MARK}([^{_MARK}]*){_MARK}", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def first_line(err: BaseException | str, *, with_type: bool = False, limit: int | None = 240) -> str:

@@ -50,21 +50,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+_UNREADABLE = "not a readable checkpoint (truncated or corrupt file?)"
+
+
 def _short_reason(err: Exception) -> str:
     """The informative sentence of a (often multi-paragraph) loader error."""
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
     return first_line(detail.group(1) if detail else err, limit=None).split(". ")[0][:200] or type(err).__name__
 
 
-def load_torch_file(path, *, label: str | None = None, arguments=()) -> object:
+def load_torch_file(path, *, label: str | None = None) -> object:
     """``torch.load`` with ``weights_only`` (tensors and plain containers; official checkpoints'
     pickled ``argparse.Namespace`` of arguments is allowed too), as a :class:`CheckpointError`
     when the file is missing, unreadable or holds other Python objects. Errors start with ``label``
-    (default: the path); ``arguments`` are the parameter names it mentions."""
+    (default: the path)."""
     path = Path(path)
     label = label or str(path)
     if not path.is_file():
-        raise CheckpointError(f"{label}: no such checkpoint", arguments=arguments)
+        raise CheckpointError(f"{label}: no such checkpoint")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -73,10 +76,9 @@ def load_torch_file(path, *, label: str | None = None, arguments=()) -> object:
         if isinstance(err, pickle.UnpicklingError) and unsafe:
             raise CheckpointError(
                 f"{label}: holds Python objects other than tensors ({unsafe.group(1)}), which are not "
-                "loaded for safety; re-save just its state dict", arguments=arguments
+                "loaded for safety; re-save just its state dict"
             ) from None
-        raise CheckpointError(f"{label}: not a readable checkpoint (truncated or corrupt file?): {_short_reason(err)}",
-                              arguments=arguments) from None
+        raise CheckpointError(f"{label}: {_UNREADABLE}: {_short_reason(err)}") from None
 
 
 def read_safetensors(path) -> tuple[dict, dict]:
@@ -85,4 +87,4 @@ def read_safetensors(path) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as err:  # truncated file, bad header: "not a readable file"
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt file?): {_short_reason(err)}") from None
+        raise CheckpointError(f"{path}: {_UNREADABLE}: {_short_reason(err)}") from None
