@@ -1,10 +1,10 @@
 import pytest
 import torch
-from conftest import scale_of, settle_batchnorm
 from torch import nn
 
 import repvit
 from repvit.layers import ConvNorm, Fusable, RepDepthwiseConv
+from conftest import scale_of, settle_batchnorm
 
 pytestmark = pytest.mark.reparam
 

@@ -3,10 +3,10 @@
 import pytest
 import timm
 import torch
-from conftest import TIMM_VARIANTS, scale_of, settle_batchnorm
 from timm.utils.model import reparameterize_model
 
 import repvit
+from conftest import TIMM_VARIANTS, scale_of, settle_batchnorm
 
 pytestmark = pytest.mark.parity
 

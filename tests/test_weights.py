@@ -12,13 +12,14 @@ import threading
 import urllib.error
 
 import pytest
-import timm
 import torch
-from conftest import scale_of, settle_batchnorm
-from reference_official import M0_6_CFGS, M0_9_CFGS, OfficialRepViT
 
 import repvit
 from repvit.weights import CheckpointError, cache_dir, get_weight_entry, read_checkpoint
+import timm
+
+from conftest import scale_of, settle_batchnorm
+from reference_official import M0_6_CFGS, M0_9_CFGS, OfficialRepViT
 
 pytestmark = pytest.mark.weights
 
