@@ -126,7 +126,7 @@ def _setup(recipe: TrainRecipe, ctx: ProcessContext, qat_changes: dict) -> Class
     clip_params = [p for n, p in raw_model.named_parameters()  # AGC skips the classifier
                    if not (recipe.clip_mode == "agc" and n.startswith(("head.", "graph.head")))]
     teacher = build_teacher(recipe.teacher, recipe.teacher_weights, len(class_names), ctx.device) \
-        if recipe.distillation != "none" else None
+        if recipe.distilled else None
     run = ClassificationRun(
         recipe, ctx, class_names, train_loader, sampler, val_loader, raw_model, optimizer, scheduler,
         step=OptimizerStep(optimizer, dtype, ctx.device, recipe.clip_grad, clip_params, recipe.clip_mode),
@@ -157,7 +157,7 @@ def _train_loader(recipe: TrainRecipe, root: Path, ctx: ProcessContext):
 
 def _model(recipe: TrainRecipe, ctx: ProcessContext, class_names: list[str], resume: Path | None) -> nn.Module:
     """From scratch, fine-tuned from a checkpoint, or the shape a resumed checkpoint loads into."""
-    num_classes, distill = len(class_names), recipe.distillation != "none"
+    num_classes, distill = len(class_names), recipe.distilled
     torch.manual_seed(recipe.seed)  # identical initial weights on every process
     if recipe.qat:
         model = qat_model(recipe, num_classes, class_names, resume)
@@ -202,7 +202,7 @@ def _resume(run: ClassificationRun, path: Path) -> None:
     a pure function of the step, rebuilt from this recipe, so a resumed run may extend its epochs."""
     recipe = run.recipe
     state = read_run_checkpoint(path, "train", argument="resume")
-    this_run = {"model": recipe.model, "num_classes": len(run.class_names), "distillation": run.distill,
+    this_run = {"model": recipe.model, "num_classes": len(run.class_names), "distillation": recipe.distilled,
                 "qat": recipe.qat}
     for key, value in this_run.items():
         if state.get(key, False) != value:

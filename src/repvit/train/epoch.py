@@ -65,10 +65,6 @@ class ClassificationRun:
         return Path(self.recipe.output)
 
     @property
-    def distill(self) -> bool:
-        return self.recipe.distillation != "none"
-
-    @property
     def updates_per_epoch(self) -> int:
         return len(self.train_loader)
 
@@ -149,7 +145,7 @@ def save_last(run: ClassificationRun, epoch: int) -> dict:
     recipe = run.recipe
     state = {
         "format": "repvit-train", "epoch": epoch, "model": recipe.model, "num_classes": len(run.class_names),
-        "distillation": run.distill, "qat": recipe.qat, "class_names": run.class_names, "recipe": recipe.to_dict(),
+        "distillation": recipe.distilled, "qat": recipe.qat, "class_names": run.class_names, "recipe": recipe.to_dict(),
         "state_dict": run.raw_model.state_dict(), "ema": run.ema.module.state_dict() if run.ema else None,
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "scaler": run.step.scaler_state(), "best": run.best, "history": run.history, "rng": rng_state(),

@@ -186,6 +186,11 @@ class TrainRecipe(Recipe):
             raise RecipeError(f"{param('num_classes')} must be >= 1, got {self.num_classes}")
 
     @property
+    def distilled(self) -> bool:
+        """Whether the student trains a distillation head against a teacher."""
+        return self.distillation != "none"
+
+    @property
     def mixup_active(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
