@@ -1,6 +1,7 @@
 """int8 post-training quantization: accuracy against fp32 on held-out images, the CLI, failures."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import repvit
 from repvit.cli import main
 from repvit.data import DatasetError, calibration_and_held_out, calibration_images, image_set
 from repvit.export import ExportError, export, quantize_eval
-from repvit.train import load_recipe, train
+from repvit.train import RunFolderError, load_recipe, train
 from repvit.utils import extras
 
 pytestmark = pytest.mark.quantize
@@ -116,7 +117,7 @@ def test_held_out_images_are_never_calibrated_on(tmp_path):
     assert all(any(torch.equal(h, v) for v in val) for h in held_out)
 
 
-def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, tmp_path):
+def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, tmp_path, caplog, monkeypatch):
     common = dict(finetune=str(trained), qat=True, epochs=2, warmup_epochs=0, lr=1e-4, model_ema=True)
     whole = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "a"), **common))
     assert whole.deployed_best.name == "model-best-int8.pte" and whole.deployed_best.is_file()
@@ -130,10 +131,20 @@ def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, 
     first = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"),
                               stop_after_epochs=1, **common))
     assert first.last_epoch == 1 and not (tmp_path / "b" / "model-best-int8.pte").exists()
-    resumed = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"),
-                                resume="auto", **common))
+    # the same run-folder guarantees as any run: as if killed between checkpoint-last and checkpoint-best
+    (tmp_path / "b" / "checkpoint-best.pth").unlink()
+    with pytest.raises(RunFolderError, match="holds a run already"):
+        train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"), **common))
+    monkeypatch.setattr(logging.getLogger("repvit"), "propagate", True)  # the CLI (another test) turns it off
+    with caplog.at_level(logging.WARNING, logger="repvit"):
+        resumed = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"),
+                                    resume="auto", **common))
+    assert "repaired: checkpoint-best.pth held nothing, the run's best is epoch 1" in caplog.text
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
     assert [h["val_top1"] for h in resumed.history] == [h["val_top1"] for h in whole.history]
+    best = torch.load(resumed.checkpoint_best, weights_only=False)
+    assert best["epoch"] + 1 == resumed.best_epoch
+    assert not [p.name for p in (tmp_path / "b").iterdir() if p.name.endswith(".tmp") or p.name == ".lock"]
     # the training checkpoint is a fake-quantized graph, not weights: say so
     with pytest.raises(ValueError, match="a `repvit train --qat` checkpoint .* use the model-best-int8.pte"):
         repvit.read_checkpoint(whole.checkpoint_best)

@@ -96,12 +96,18 @@ def test_finetune_drops_a_classifier_of_other_classes(digits_root, tmp_path, cap
         assert torch.allclose(tuned.state_dict()[key], source.state_dict()[key], atol=1e-6)
 
 
-def test_resume_is_exact(digits_root, tmp_path):
-    common = dict(config="digits", epochs=3, hflip=0.5, mixup=0.2, reprob=0.2)  # randomness that must replay
-    straight = train(_recipe(digits_root, tmp_path / "straight", **common))
-    first = train(_recipe(digits_root, tmp_path / "resumed", stop_after_epochs=1, **common))
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory):
+    """3 classes x 8 images of 32 px: enough for the resume tests, a fraction of the digits' time."""
+    return make_image_tree(tmp_path_factory.mktemp("small") / "data", per_class=8, size=32)
+
+
+def test_resume_is_exact(small_tree, tmp_path):
+    common = dict(config="digits", epochs=3, batch_size=4, hflip=0.5, mixup=0.2, reprob=0.2)  # randomness to replay
+    straight = train(_recipe(small_tree, tmp_path / "straight", **common))
+    first = train(_recipe(small_tree, tmp_path / "resumed", stop_after_epochs=1, **common))
     assert first.last_epoch == 1 and len(first.history) == 1
-    resumed = train(_recipe(digits_root, tmp_path / "resumed", resume="auto", **common))
+    resumed = train(_recipe(small_tree, tmp_path / "resumed", resume="auto", **common))
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     a = torch.load(straight.checkpoint_last, weights_only=True)["state_dict"]
     b = torch.load(resumed.checkpoint_last, weights_only=True)["state_dict"]
@@ -112,10 +118,10 @@ def test_resume_is_exact(digits_root, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
-def test_resume_from_the_command_line_with_only_the_checkpoint(digits_root, tmp_path, capsys):
+def test_resume_from_the_command_line_with_only_the_checkpoint(small_tree, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--config", "digits", "--model", "repvit_m0_6", "--data", str(digits_root), "--output",
-                 str(out), "--epochs", "3", "--stop-after-epochs", "1"]) == 0
+    assert main(["train", "--config", "digits", "--model", "repvit_m0_6", "--data", str(small_tree), "--output",
+                 str(out), "--epochs", "3", "--stop-after-epochs", "1", "--batch-size", "4"]) == 0
     # the recipe comes from the checkpoint, without its --stop-after-epochs: the run finishes
     assert main(["train", "--resume", str(out / "checkpoint-last.pth")]) == 0
     assert "best val top-1" in capsys.readouterr().out
@@ -123,10 +129,10 @@ def test_resume_from_the_command_line_with_only_the_checkpoint(digits_root, tmp_
     assert main(["train", "--resume", str(tmp_path / "nope.pth")]) == 2
 
 
-def test_resume_auto_reads_the_checkpoint_recipe_and_may_extend_the_schedule(digits_root, tmp_path):
+def test_resume_auto_reads_the_checkpoint_recipe_and_may_extend_the_schedule(small_tree, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--config", "digits", "--model", "repvit_m0_6", "--data", str(digits_root), "--output",
-                 str(out), "--epochs", "2", "--warmup-epochs", "0"]) == 0
+    assert main(["train", "--config", "digits", "--model", "repvit_m0_6", "--data", str(small_tree), "--output",
+                 str(out), "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "4"]) == 0
     # no --config: the digits recipe of the checkpoint, not the ImageNet defaults (which need a teacher)
     assert main(["train", "--resume", "auto", "--output", str(out), "--epochs", "4"]) == 0
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -135,11 +141,11 @@ def test_resume_auto_reads_the_checkpoint_recipe_and_may_extend_the_schedule(dig
     assert history[2]["lr"] > 10 * 1e-5
 
 
-def test_resume_refuses_another_structure(digits_root, tmp_path):
-    train(_recipe(digits_root, tmp_path, config="digits", epochs=2, stop_after_epochs=1))
-    teacher = repvit.save_weights(repvit.create_model("repvit_m0_6", num_classes=10), tmp_path / "t.safetensors")
+def test_resume_refuses_another_structure(small_tree, tmp_path):
+    train(_recipe(small_tree, tmp_path, config="digits", batch_size=4, epochs=2, stop_after_epochs=1))
+    teacher = repvit.save_weights(repvit.create_model("repvit_m0_6", num_classes=3), tmp_path / "t.safetensors")
     with pytest.raises(ValueError, match="the checkpoint has distillation=False, this run True"):
-        train(_recipe(digits_root, tmp_path, config="digits", epochs=2, resume="auto", distillation="hard",
+        train(_recipe(small_tree, tmp_path, config="digits", batch_size=4, epochs=2, resume="auto", distillation="hard",
                       teacher="repvit_m0_6", teacher_weights=str(teacher)))
 
 

@@ -110,7 +110,7 @@ def test_reparameterized_checkpoint_round_trip(m09_file, tmp_path):
     assert loaded.deployed
     with torch.no_grad():
         assert torch.equal(loaded(X), deployed(X))
-    with pytest.raises(CheckpointError, match="reparameterized: build the model with deploy=True"):
+    with pytest.raises(CheckpointError, match=r"reparameterized \(deployed\) and loads only into a deployed model"):
         repvit.create_model("repvit_m0_9", weights=path, deploy=False)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..utils import __version__, flag_text
+from ..utils import Interrupted, __version__, flag_text
 from ..utils.deprecation import forward_moved
 from . import dense, deploy, measure, models, training
 from .common import EXAMPLES, log_to_stderr
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError) as err:  # user-facing problems: one line, no stack trace
         print(f"repvit {args.command}: error: {flag_text(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: a training run says what it kept and how to resume
+        print(f"repvit {args.command}: {flag_text(err) if str(err) else 'stopped by Ctrl-C'}", file=sys.stderr)
+        return err.exit_code if isinstance(err, Interrupted) else 130
 
 
 #: Names this module had when the CLI was one module (deprecated, one release).

@@ -10,10 +10,12 @@ import os
 import sys
 import typing
 from dataclasses import fields
+from pathlib import Path
 
 from rich.console import Console
 
-from ..train import PER_RUN_KEYS, read_run_checkpoint, resume_path
+from ..train import PER_RUN_KEYS, locate_run, read_run_checkpoint
+from ..utils import UserError, param
 
 __all__ = ["EXAMPLES", "console", "add_parser", "add_device_argument", "add_recipe_arguments", "recipe_from_args",
            "is_main_process", "log_to_stderr"]
@@ -74,9 +76,15 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_cls, config_hel
 
 
 def recipe_from_args(args, recipe_cls, kind: str):
-    """Defaults < --config < options; resuming without --config starts from the checkpoint's recipe."""
+    """Defaults < --config < options; resuming without --config starts from the checkpoint's recipe.
+    ``--resume PATH`` continues in PATH's folder: an ``--output`` naming another folder is an error."""
     overrides = {f.name: getattr(args, f.name) for f in fields(recipe_cls) if hasattr(args, f.name)}
-    resume = resume_path(overrides.get("resume"), overrides.get("output", recipe_cls.output))
+    folder, resume = locate_run(overrides.get("output", recipe_cls.output), overrides.get("resume"))
+    if overrides.get("resume") not in (None, "auto") and "output" in overrides \
+            and Path(overrides["output"]).resolve() != folder.resolve():
+        raise UserError(f"{param('resume')} {overrides['resume']} continues the run in its own folder {folder}, not "
+                        f"{param('output')} {overrides['output']}: leave out {param('output')}, or copy the folder "
+                        "there and resume from the copy")
     if args.config is None and resume is not None:
         saved = read_run_checkpoint(resume, kind, argument="resume")["recipe"]
         return recipe_cls.load(None, **{**{k: v for k, v in saved.items() if k not in PER_RUN_KEYS}, **overrides})

@@ -11,7 +11,7 @@ from ..data import check_image_folder
 from ..factory import create_model
 from ..reparam import reparameterize
 from ..tools import run_quickstart
-from ..train import TrainRecipe, build_eval_loader, evaluate_pair, train
+from ..train import ProcessContext, TrainRecipe, build_eval_loader, evaluate, evaluate_pair, train
 from ..utils import UserError, resolve_device, split_list
 from ..weights import read_checkpoint
 from .common import add_device_argument, add_parser, add_recipe_arguments, console, is_main_process, recipe_from_args
@@ -67,7 +67,11 @@ def cmd_val(args) -> int:
                          f"{checkpoint.class_names[:3]}...")
     device = resolve_device(args.device)  # one process evaluates every image (no torchrun sharding here)
     loader = build_eval_loader(folder, args.img_size, args.crop_pct, args.batch_size, args.workers)
-    result = evaluate_pair(model, reparameterize(model), loader, device)
+    if model.deployed:  # a reparameterized checkpoint: there is no training structure to compare
+        metrics = evaluate(model.to(device), loader, ProcessContext(device=device))
+        result = {"train": None, "deployed": {"top1": metrics["top1"], "top5": metrics["top5"]}, "n": metrics["n"]}
+    else:
+        result = evaluate_pair(model, reparameterize(model), loader, device)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -76,11 +80,15 @@ def cmd_val(args) -> int:
     for column in ("structure", "top-1 %", "top-5 %"):
         table.add_column(column, justify="left" if column == "structure" else "right")
     for name in ("train", "deployed"):
-        label = "training" if name == "train" else "deployed (reparameterized)"
-        table.add_row(label, f"{result[name]['top1']:.2f}", f"{result[name]['top5']:.2f}")
+        if result[name] is not None:
+            label = "training" if name == "train" else "deployed (reparameterized)"
+            table.add_row(label, f"{result[name]['top1']:.2f}", f"{result[name]['top5']:.2f}")
     console().print(table)
-    print(f"predictions agree on {result['prediction_agreement']:.2f}% of the images; "
-          f"largest logit difference {result['max_abs_logit_diff']:.1e}")
+    if result["train"] is None:
+        print(f"{args.weights} holds a deployed (reparameterized) model: there is no training structure to compare")
+    else:
+        print(f"predictions agree on {result['prediction_agreement']:.2f}% of the images; "
+              f"largest logit difference {result['max_abs_logit_diff']:.1e}")
     return 0
 
 

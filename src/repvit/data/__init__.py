@@ -11,6 +11,7 @@ from .folders import (
     batch_samples,
     check_image_folder,
     collate_skipping,
+    image_files,
 )
 from .samplers import ResumeSampler, ShardSampler
 from .synthetic import SHAPES, make_shapes_coco, make_shapes_segmentation
@@ -24,8 +25,15 @@ from .transforms import (
     train_transform,
 )
 
-__all__ = ["EVAL_CROP_PCT", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "eval_transform", "train_transform",
-           "imagenet_class_names", "load_image", "DatasetError", "IMG_EXTENSIONS", "check_image_folder",
-           "SkippingImageFolder", "collate_skipping", "batch_samples", "ShardSampler", "ResumeSampler", "ImageSet",
-           "image_set", "calibration_images", "calibration_and_held_out", "resolve_image_source",
-           "make_digits_image_folder", "SHAPES", "make_shapes_coco", "make_shapes_segmentation"]
+__all__ = [
+    # transforms
+    "EVAL_CROP_PCT", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "eval_transform", "train_transform",
+    "imagenet_class_names", "load_image",
+    # folders and samplers
+    "DatasetError", "IMG_EXTENSIONS", "check_image_folder", "image_files", "SkippingImageFolder", "collate_skipping",
+    "batch_samples", "ShardSampler", "ResumeSampler",
+    # calibration images
+    "ImageSet", "image_set", "calibration_images", "calibration_and_held_out", "resolve_image_source",
+    # generated data
+    "make_digits_image_folder", "SHAPES", "make_shapes_coco", "make_shapes_segmentation",
+]

@@ -12,7 +12,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 from ..utils import UserError, param
 
 __all__ = ["DatasetError", "IMG_EXTENSIONS", "check_image_folder", "SkippingImageFolder", "collate_skipping",
-           "batch_samples"]
+           "batch_samples", "image_files"]
 
 
 class DatasetError(UserError):
@@ -99,3 +99,17 @@ def batch_samples(loader):
             continue
         for image, target in zip(images, targets):
             yield image[None], int(target)
+
+
+def image_files(paths) -> list[Path]:
+    """The images to read: files as given, folders replaced by the images they hold (sorted)."""
+    files = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+        if not found:
+            raise UserError(f"{path}: a folder without images (looked for {', '.join(IMG_EXTENSIONS)})")
+        files += found
+    return files

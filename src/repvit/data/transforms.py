@@ -42,8 +42,10 @@ def imagenet_class_names() -> list[str]:
 def load_image(path) -> Image.Image:
     """Open an image as RGB, or raise ``ValueError`` naming the file and the reason."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not an image file")
     if not path.is_file():
-        raise UserError(f"{path}: no such image file")
+        raise UserError(f"{path}: no such image file or folder")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from torchvision.transforms import functional as TF
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..data import DatasetError, load_image
+from ..data import DatasetError, image_files, load_image
 from ..factory import create_model
 from ..train import option
 from ..train.process import all_gather_objects, sample_generator
@@ -41,6 +43,8 @@ from .loop import DenseRecipe, read_dense_checkpoint, restore_dense_model, train
 
 __all__ = ["DetectRecipe", "RepViTFPN", "CocoDataset", "DetectionTask", "build_detector", "train_detector",
            "load_detector", "predict_detections", "coco_evaluate"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,9 +151,30 @@ def _segmentation_problem(segmentation, image: dict) -> str | None:
     return "no segmentation (Mask R-CNN needs one per object; use the faster_rcnn detector)"
 
 
+def _checked_box(ann_file: Path, ann: dict, xywh: tuple, image: dict) -> tuple[float, float, float, float]:
+    """A COCO ``[x, y, width, height]`` box as ``(x0, y0, x1, y1)`` clipped to its image; a box that is
+    not finite, has a negative side or lies outside its image (by more than a pixel) is an error."""
+    x, y, w, h = xywh
+    where = f"{ann_file}: annotation {ann.get('id', '?')} (image {ann.get('image_id')}): bbox {ann['bbox']}"
+    if not all(math.isfinite(v) for v in xywh):
+        raise DatasetError(f"{where} is not finite (NaN or infinity); fix or remove the annotation")
+    if w < 0 or h < 0:
+        raise DatasetError(f"{where} has a negative width or height (COCO boxes are [x, y, width, height])")
+    width, height = image.get("width"), image.get("height")
+    if not width or not height:
+        return x, y, x + w, y + h
+    if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+        raise DatasetError(f"{where} lies outside its {width}x{height} image (COCO boxes are [x, y, width, height] "
+                           "in pixels)")
+    return max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+
+
 class CocoDataset(Dataset):
     """COCO-format instances, checked when opened: malformed json, annotations pointing at unknown
-    images or categories, and images missing on disk are one-line errors naming the file."""
+    images or categories, boxes that are not finite, negative or outside their image, and images
+    missing on disk are one-line errors naming the file and the annotation. Boxes are clipped to
+    their image (within a pixel); boxes under a pixel wide or high are dropped, with a count, as
+    torchvision's references do."""
 
     def __init__(self, images_dir, ann_file, train: bool, masks: bool, flip: float = 0.5, seed: int = 0,
                  class_names: list[str] | None = None):
@@ -169,6 +194,7 @@ class CocoDataset(Dataset):
         self.class_names = names
         label_of = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
         per_image: dict[int, list] = {i: [] for i in images}
+        degenerate = []
         for ann in data["annotations"]:
             try:
                 image_id, cat = int(ann["image_id"]), int(ann["category_id"])
@@ -180,18 +206,25 @@ class CocoDataset(Dataset):
             if cat not in label_of:
                 raise DatasetError(f"{self.ann_file}: annotation {ann.get('id')} has category_id {cat}, not one of the "
                                    f"categories {self.cat_ids}")
-            if ann.get("iscrowd", 0) or w < 1 or h < 1:
-                continue  # crowd regions and degenerate boxes are not training targets (COCOeval still sees them)
+            box = _checked_box(self.ann_file, ann, (x, y, w, h), images[image_id])
+            if ann.get("iscrowd", 0):
+                continue  # crowd regions are not training targets (COCOeval still sees them)
+            if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                degenerate.append(ann.get("id"))
+                continue
             segmentation = ann.get("segmentation")
             if masks:
                 problem = _segmentation_problem(segmentation, images[image_id])
                 if problem:
                     raise DatasetError(f"{self.ann_file}: annotation {ann.get('id')} (image {image_id}): {problem}")
-            per_image[image_id].append((label_of[cat], (x, y, x + w, y + h), segmentation))
+            per_image[image_id].append((label_of[cat], box, segmentation))
         missing = [im["file_name"] for im in images.values() if not (self.images_dir / im["file_name"]).is_file()]
         if missing:
             raise DatasetError(f"{self.images_dir / missing[0]}: image missing on disk ({len(missing)} of "
                                f"{len(images)} images in {self.ann_file.name} are missing)")
+        if degenerate:
+            log.warning("%s: dropped %d degenerate box(es) (under 1 px wide or high), e.g. annotation %s",
+                        self.ann_file, len(degenerate), degenerate[0])
         ids = sorted(per_image)
         if train:  # images without objects teach nothing to these detectors (torchvision's references)
             ids = [i for i in ids if per_image[i]]
@@ -367,7 +400,7 @@ def predict_detections(checkpoint, images, out_dir, device: str = "cpu", score_t
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in images:
+    for path in image_files(images):
         image = TF.to_tensor(load_image(path))
         with torch.no_grad():
             out = model([image.to(device)])[0]

@@ -5,7 +5,8 @@ batch, the evaluation and the learning-rate curve; this module runs the iteratio
 around them with the same process, optimizer-step and checkpoint layer as classification
 (:mod:`repvit.train`): single process or torchrun (DDP, gloo/NCCL), AMP, a frozen-BN backbone (the
 paper's setting), atomic checkpoints with exact resume, best-model tracking (also saved
-reparameterized), ``metrics.jsonl``.
+reparameterized), ``metrics.jsonl``, in a run folder with the guarantees of
+:mod:`repvit.train.run_folder` (locked, never silently replaced, consistent after a kill).
 
 Exact resume: every sample's augmentation is drawn from a generator seeded by (seed, epoch,
 index), the sampler order by (seed, epoch) and the global generators (proposal sampling, dropout)
@@ -15,6 +16,7 @@ the batches.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,17 +31,23 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data import ResumeSampler, ShardSampler
 from ..models import RepViTFeatures
 from ..reparam import reparameterize
-from ..train import ProcessContext, Recipe, option, read_run_checkpoint, resume_path, setup_process
+from ..train import ProcessContext, Recipe, option, read_run_checkpoint, setup_process
 from ..train.checkpoint import BEST, LAST, write_metrics
 from ..train.process import derive_seed, end_process, seed_everything, sync_buffers, wrap_ddp
+from ..train.recipe import OVERWRITE_HELP, RESUME_HELP
+from ..train.run_folder import BestFile, RunFolder, checkpoint_position, open_run_folder, prepare_run, repair_best_files
 from ..train.step import OptimizerStep, amp_dtype, autocast, finite_loss, freeze_batchnorm
-from ..utils import UserError, first_line, param
-from ..weights import atomic_save
+from ..utils import UserError, param
+from ..weights import atomic_save, first_mismatch
 
 __all__ = ["DenseRecipe", "DenseTask", "train_dense", "freeze_backbone_norm", "read_dense_checkpoint",
-           "restore_dense_model"]
+           "restore_dense_model", "DEPLOYED_BEST"]
 
 log = logging.getLogger(__name__)
+
+DEPLOYED_BEST = "model-best-deployed.pth"
+#: Recipe fields that may name local files or folders (made absolute in the run's recipe.yaml).
+_PATH_KEYS = ("data", "weights", "train_ann", "train_images", "val_ann", "val_images")
 
 
 @dataclass
@@ -65,8 +73,8 @@ class DenseRecipe(Recipe):
                       ("auto", "bf16", "fp16", "off"))
     seed: int = option(0, "random seed", "runtime")
     output: str = option("runs/dense", "folder for checkpoints, recipe.yaml and metrics.jsonl", "output")
-    resume: str | None = option(None, "continue a run: a checkpoint path, or 'auto' (OUTPUT/checkpoint-last.pth)",
-                                "output")
+    resume: str | None = option(None, RESUME_HELP, "output")
+    overwrite: bool = option(False, OVERWRITE_HELP, "output")
     stop_after_iters: int | None = option(None, "stop this process after N iterations (resume later)", "output")
 
 
@@ -129,6 +137,7 @@ class _DenseRun:
     it: int = 0
     best: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    folder: RunFolder | None = None
 
     @property
     def epoch(self) -> int:
@@ -148,10 +157,12 @@ def train_dense(task: DenseTask, recipe) -> dict:
     recipe = recipe.validate()
     if recipe.data is None:
         raise UserError(f"{param('data')} is required (repvit {task.name} train --help shows the layout)")
+    recipe, resume = prepare_run(recipe, tuple(k for k in _PATH_KEYS if hasattr(recipe, k)))
     ctx = setup_process(recipe.device)
     try:
-        run = _setup(task, recipe, ctx)
-        _train_iterations(run)
+        with open_run_folder(recipe, resume, f"repvit {task.name} train", (DEPLOYED_BEST,), ctx) as run_folder:
+            run = _setup(task, recipe, ctx, resume, run_folder)
+            _train_iterations(run)
         if ctx.distributed:
             dist.barrier()
         return {"output": run.output, "iter": run.it, "best": run.best, "history": run.history,
@@ -160,7 +171,8 @@ def train_dense(task: DenseTask, recipe) -> dict:
         end_process(ctx)
 
 
-def _setup(task: DenseTask, recipe: DenseRecipe, ctx: ProcessContext) -> _DenseRun:
+def _setup(task: DenseTask, recipe: DenseRecipe, ctx: ProcessContext, resume: Path | None,
+           folder: RunFolder) -> _DenseRun:
     train_set, val_set, class_names = task.datasets(recipe)
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=recipe.seed, drop_last=True)
@@ -175,14 +187,12 @@ def _setup(task: DenseTask, recipe: DenseRecipe, ctx: ProcessContext) -> _DenseR
     run = _DenseRun(task, recipe, ctx, train_set, val_set, class_names, sampler, iters_per_epoch,
                     task.total_iters(recipe, iters_per_epoch), model, optimizer, None,
                     OptimizerStep(optimizer, dtype, ctx.device, recipe.clip_grad or None, model.parameters()), dtype,
-                    best={task.key_metric: -1.0, "iter": 0})
+                    best={task.key_metric: -1.0, "iter": 0}, folder=folder)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, run.lr_factor)
-    resume = resume_path(recipe.resume, recipe.output)
     if resume is not None:
         _resume(run, resume)
     run.model = wrap_ddp(model, ctx)
     if ctx.is_main:
-        run.output.mkdir(parents=True, exist_ok=True)
         recipe.save(run.output / "recipe.yaml")
         write_metrics(run.output, run.history, append=False)
         log.info("%s: %s backbone, %d classes, %d train / %d val images, %d process(es) x batch %d, "
@@ -197,19 +207,20 @@ def _resume(run: _DenseRun, path: Path) -> None:
     if state["model_name"] != recipe.model or state["num_classes"] != len(run.class_names):
         raise UserError(f"{param('resume')} {path}: the checkpoint is {state['model_name']} with "
                         f"{state['num_classes']} classes, this run {recipe.model} with {len(run.class_names)}")
-    try:
-        run.raw_model.load_state_dict(state["state_dict"])
-    except RuntimeError as err:  # e.g. another detector or head width than the checkpoint's
-        raise UserError(f"{param('resume')} {path}: the checkpoint's model differs from this run's "
-                        f"({first_line(err, limit=200)})") from None
+    problem = first_mismatch(run.raw_model.state_dict(), state["state_dict"])
+    if problem:  # e.g. another detector or head width than the checkpoint's
+        raise UserError(f"{param('resume')} {path}: the checkpoint's model differs from this run's: {problem}")
+    run.raw_model.load_state_dict(state["state_dict"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.step.load_scaler_state(state.get("scaler"))
     run.it, run.best, run.history = state["iter"], state["best"], list(state["history"])
     run.scheduler.last_epoch = run.it  # the schedule is a function of the iteration only
     for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
         group["lr"] = base * run.lr_factor(run.it)
+    run.folder.saved = f"iteration {run.it} of {run.total}"
     if run.ctx.is_main:
-        log.info("resumed %s at iteration %d", path, run.it)
+        log.info("resumed %s: %d of %d iterations done", path, run.it, run.total)
+        repair_best_files(run.output, _best_files(run), run.best["iter"], state, state["iter"], "iteration")
 
 
 def _train_iterations(run: _DenseRun) -> None:
@@ -236,7 +247,8 @@ def _train_iterations(run: _DenseRun) -> None:
             _save(run, is_best=_evaluate(run, val_loader) if evaluated else False)
             if stopping and run.it < run.total:
                 if ctx.is_main:
-                    log.info("stopped after %d iteration(s) as asked; continue with --resume auto", run_iters)
+                    log.info("stopped after %d iteration(s) as asked; continue with `%s`", run_iters,
+                             run.folder.resume_command())
                 return
 
 
@@ -311,16 +323,33 @@ def _evaluate(run: _DenseRun, val_loader: DataLoader) -> bool:
 
 
 def _save(run: _DenseRun, is_best: bool) -> None:
-    """``checkpoint-last.pth``; for a new best also ``checkpoint-best.pth`` and the deployed model."""
-    if not run.ctx.is_main:
-        return
-    state = {"format": f"repvit-{run.task.name}", "iter": run.it, "model_name": run.recipe.model,
-             "num_classes": len(run.class_names), "class_names": run.class_names, "recipe": run.recipe.to_dict(),
-             "state_dict": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-             "scaler": run.step.scaler_state(), "best": run.best, "history": run.history}
-    atomic_save(state, run.output / LAST)
-    if is_best:
-        atomic_save(state, run.output / BEST)
-        deployed = reparameterize(run.raw_model)
-        atomic_save({**state, "state_dict": deployed.state_dict(), "deployed": True, "optimizer": None},
-                    run.output / "model-best-deployed.pth")
+    """``checkpoint-last.pth``; for a new best then ``checkpoint-best.pth`` and the deployed model
+    (in this order, whole: see :mod:`repvit.train.run_folder`)."""
+    if run.ctx.is_main:
+        state = {"format": f"repvit-{run.task.name}", "iter": run.it, "model_name": run.recipe.model,
+                 "num_classes": len(run.class_names), "class_names": run.class_names, "recipe": run.recipe.to_dict(),
+                 "state_dict": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "scaler": run.step.scaler_state(), "best": run.best, "history": run.history}
+        with run.folder.writing(f"iteration {run.it} of {run.total}"):
+            atomic_save(state, run.output / LAST)
+            if is_best:
+                atomic_save(state, run.output / BEST)
+                _save_deployed(run, run.raw_model, state)
+
+
+def _save_deployed(run: _DenseRun, model: nn.Module, state: dict) -> None:
+    """``model`` (holding ``state``'s weights) reparameterized, as ``model-best-deployed.pth``."""
+    deployed = reparameterize(model)
+    atomic_save({**state, "state_dict": deployed.state_dict(), "deployed": True, "optimizer": None},
+                run.output / DEPLOYED_BEST)
+
+
+def _best_files(run: _DenseRun) -> list[BestFile]:
+    """checkpoint-best.pth and the deployed best, each with the iteration it holds and its writer."""
+    def deployed(state: dict) -> None:
+        model = copy.deepcopy(run.raw_model)
+        model.load_state_dict(state["state_dict"])
+        _save_deployed(run, model, state)
+
+    return [BestFile(BEST, checkpoint_position("iter"), lambda state: atomic_save(state, run.output / BEST)),
+            BestFile(DEPLOYED_BEST, checkpoint_position("iter"), deployed)]

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.transforms import functional as TF
 
-from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DatasetError, load_image
+from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DatasetError, image_files, load_image
 from ..factory import create_model
 from ..layers import ConvNormAct
 from ..train import option
@@ -340,7 +340,7 @@ def predict_segmentation(checkpoint, images, out_dir, device: str = "cpu", alpha
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in images:
+    for path in image_files(images):
         original = load_image(path)
         resized = original.resize(_fit_scale(original.size, recipe.scale), Image.BILINEAR)
         logits = infer(model, _normalize(resized)[None].to(device), recipe, (original.height, original.width))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import eval_transform, imagenet_class_names, load_image
+from ..data import eval_transform, image_files, imagenet_class_names, load_image
 from ..factory import create_model
 from ..models import get_variant
 from ..reparam import reparameterize
@@ -26,12 +26,14 @@ def predict(images, model: str = "repvit_m0_9", weights=None, topk: int = 5, img
             device: str = "cpu") -> list[Prediction]:
     """Top-k classes for each image, using the paper's eval transform and the deployed model.
 
-    ``weights`` defaults to the model's recommended registered weights (downloaded once).
+    ``weights`` defaults to the model's recommended registered weights (downloaded once); a folder
+    in ``images`` stands for the images it holds.
     """
     get_variant(model)
     if topk < 1:
         raise UserError(f"{param('topk')} must be >= 1, got {topk}")
     device = resolve_device(device)
+    images = image_files(images)
     pictures = [load_image(p) for p in images]  # fail on a bad file before loading any weights
     if weights is None:
         weights = default_weights(model)
@@ -47,9 +49,9 @@ def predict(images, model: str = "repvit_m0_9", weights=None, topk: int = 5, img
         raise CheckpointError(f"{checkpoint.path}: stores {len(names)} class names for {num_classes} classes")
     names = names or [f"class {i}" for i in range(num_classes)]
     transform = eval_transform(img_size)
-    batch = torch.stack([transform(p) for p in pictures]).to(device)
-    with torch.inference_mode():
-        probs = net(batch).float().softmax(dim=-1)
+    with torch.inference_mode():  # in batches of 64: a folder may hold many images
+        probs = torch.cat([net(torch.stack([transform(p) for p in pictures[i:i + 64]]).to(device)).float().softmax(-1)
+                           for i in range(0, len(pictures), 64)])
     top = probs.topk(min(topk, num_classes), dim=-1)
     return [
         Prediction(str(path), [(int(i), names[int(i)], float(p)) for p, i in zip(values, indices)])

@@ -20,6 +20,7 @@ from ..export import FORMATS, evaluate_artifact, export
 from ..factory import create_model
 from ..reparam import reparameterize
 from ..train import build_eval_loader, evaluate_pair, load_recipe, train
+from ..train.run_folder import holds_run_of
 from .plots import plot_training_curves
 from .timing import machine_info
 
@@ -40,7 +41,9 @@ def run_quickstart(model: str = "repvit_m0_9", epochs: int | None = None, output
     output = Path(output)
     data = make_digits_image_folder(output / "data")
     overrides = {"epochs": epochs} if epochs else {}
-    recipe = load_recipe("digits", model=model, data=str(data), output=str(output / "train"), seed=seed, **overrides)
+    # a rerun replaces its own earlier run, never another run that happens to be there
+    recipe = load_recipe("digits", model=model, data=str(data), output=str(output / "train"), seed=seed,
+                         overwrite=holds_run_of(output / "train", data=str(data.resolve())), **overrides)
     result = train(recipe)
     train_seconds = time.perf_counter() - start
 
@@ -51,7 +54,7 @@ def run_quickstart(model: str = "repvit_m0_9", epochs: int | None = None, output
     pair = evaluate_pair(trained, deployed, loader)
 
     # Export, then evaluate inside each runtime.
-    exported = export(deployed, list(formats), img_size=recipe.img_size, out_dir=output / "export")
+    exported = export(deployed, list(formats), img_size=recipe.img_size, out_dir=output / "export") if formats else []
     runtimes = {}
     for r in exported:
         if r.status != "ok":

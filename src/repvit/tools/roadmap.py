@@ -12,6 +12,7 @@ from ..data import make_digits_image_folder
 from ..factory import create_model
 from ..models.roadmap import STEPS, get_step
 from ..train import load_recipe, train
+from ..train.run_folder import holds_run_of
 from .bench import run_bench
 from .complexity import count_macs, count_params
 from .report import fmt
@@ -66,8 +67,10 @@ def _train_steps(result: dict, steps, data, epochs, config, output: Path) -> Non
     overrides = {"epochs": epochs} if epochs else {}
     for row, step in zip(result["rows"], steps):
         # the roadmap's accuracies are without distillation (paper, section 3)
-        recipe = load_recipe(config, model=step.model, data=str(data), output=str(output / step.id),
-                             distillation="none", teacher_weights=None, **overrides)
+        folder = output / step.id  # a rerun replaces its own earlier run, never another one
+        recipe = load_recipe(config, model=step.model, data=str(data), output=str(folder), distillation="none",
+                             teacher_weights=None, **overrides,
+                             overwrite=holds_run_of(folder, model=step.model, data=str(Path(data).resolve())))
         trained = train(recipe)
         row.update(top1=trained.best_top1, top1_epoch=trained.best_epoch, train_epochs=recipe.epochs)
     result["train"] = {"data": str(data), "config": config, "epochs": epochs}

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..utils import param
-from ..weights import CheckpointError, load_torch_file
+from ..weights import CheckpointError, atomic_write, load_torch_file
+from ..weights.files import append_text
 
 __all__ = ["LAST", "BEST", "resume_path", "read_run_checkpoint", "write_metrics", "rng_state"]
 
@@ -43,9 +44,13 @@ def read_run_checkpoint(path, kind: str, argument: str | None = None) -> dict:
 
 
 def write_metrics(output: Path, records: list[dict], append: bool = True) -> None:
-    """Records as lines of ``metrics.jsonl``; ``append=False`` starts the file over with them."""
-    with open(output / "metrics.jsonl", "a" if append else "w") as f:
-        f.writelines(json.dumps(record) + "\n" for record in records)
+    """Records as lines of ``metrics.jsonl``; ``append=False`` starts the file over with them (atomically:
+    resume rewrites the log of a killed run to exactly the epochs of its checkpoint)."""
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    if append:
+        append_text(Path(output) / "metrics.jsonl", lines)
+    else:
+        atomic_write(Path(output) / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
 
 
 def rng_state() -> dict:

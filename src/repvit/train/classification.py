@@ -6,6 +6,10 @@ checkpoint, log. timm provides the augmentation, mixup, losses, optimizer, sched
 gradient clipping; the update itself is :class:`~repvit.train.step.OptimizerStep` (shared with the
 dense loop) and distillation is :mod:`repvit.train.distill`.
 
+The run folder (:mod:`.run_folder`) is locked while the run writes it, refused to a new run when it
+holds one (unless ``overwrite``), and written so that a run killed at any instant resumes into a
+consistent folder (``resume=PATH`` continues in PATH's folder).
+
 Exact resume: every epoch re-seeds all random generators from (seed, epoch, rank) and the sampler
 from (seed, epoch), so an interrupted and resumed run replays the same batches and augmentations
 as an uninterrupted one (the RNG states are also stored in the checkpoint, for inspection).
@@ -17,6 +21,7 @@ the best checkpoint to an int8 ExecuTorch program at the end.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,15 +40,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data import SkippingImageFolder, check_image_folder, collate_skipping, train_transform
 from ..factory import create_model
 from ..utils import UserError, first_line, param
-from ..weights import load_weights, read_checkpoint
-from .checkpoint import BEST, LAST, read_run_checkpoint, resume_path, write_metrics
+from ..weights import atomic_save, load_weights, read_checkpoint
+from .checkpoint import BEST, LAST, read_run_checkpoint, write_metrics
 from .distill import DistillationLoss, build_teacher
 from .epoch import (
     DEPLOYED_BEST,
     ClassificationRun,
+    deployed_epoch,
     evaluate_epoch,
     log_epoch,
     save_best,
+    save_deployed,
     save_last,
     tensorboard,
     train_one_epoch,
@@ -52,11 +59,15 @@ from .evaluate import build_eval_loader
 from .process import ProcessContext, end_process, seed_worker, setup_process, wrap_ddp
 from .qat import QAT_NEEDS_FINETUNE, QAT_OFF, export_qat_best, qat_model
 from .recipe import PER_RUN_KEYS, TrainRecipe
+from .run_folder import BestFile, RunFolder, checkpoint_position, open_run_folder, prepare_run, repair_best_files
 from .step import OptimizerStep, amp_dtype
 
-__all__ = ["train", "TrainResult"]
+__all__ = ["train", "TrainResult", "PRODUCTS"]
 
 log = logging.getLogger(__name__)
+
+#: What a classification run writes besides its checkpoints, metrics.jsonl and recipe.yaml.
+PRODUCTS = (DEPLOYED_BEST, "model-best-int8.pte", "int8.json", "tensorboard")
 
 
 @dataclass
@@ -75,10 +86,12 @@ class TrainResult:
 def train(recipe: TrainRecipe) -> TrainResult:
     """Train (or fine-tune, or resume) as ``recipe`` says; see the module docstring."""
     recipe, qat_changes = _checked(recipe)
+    recipe, resume = prepare_run(recipe, ("data", "finetune", "teacher_weights"))
     ctx = setup_process(recipe.device)
     try:
-        run = _setup(recipe, ctx, qat_changes)
-        return _train_epochs(run)
+        with open_run_folder(recipe, resume, "repvit train", PRODUCTS, ctx) as run_folder:
+            run = _setup(recipe, ctx, qat_changes, resume, run_folder)
+            return _train_epochs(run)
     finally:
         end_process(ctx)
 
@@ -101,7 +114,8 @@ def _checked(recipe: TrainRecipe) -> tuple[TrainRecipe, dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _setup(recipe: TrainRecipe, ctx: ProcessContext, qat_changes: dict) -> ClassificationRun:
+def _setup(recipe: TrainRecipe, ctx: ProcessContext, qat_changes: dict, resume: Path | None,
+           folder: RunFolder) -> ClassificationRun:
     root = Path(recipe.data)
     class_names = check_image_folder(root)
     if (recipe.num_classes or len(class_names)) != len(class_names):
@@ -110,7 +124,6 @@ def _setup(recipe: TrainRecipe, ctx: ProcessContext, qat_changes: dict) -> Class
     train_loader, sampler = _train_loader(recipe, root, ctx)
     val_loader = build_eval_loader(root / "val", recipe.img_size, recipe.crop_pct, recipe.batch_size,
                                    recipe.workers, ctx)
-    resume = resume_path(recipe.resume, recipe.output)
     raw_model = _model(recipe, ctx, class_names, resume)
     if recipe.qat and ctx.is_main and qat_changes:
         log.info("qat turns off: %s", ", ".join(f"{k} -> {v!r}" for k, v in qat_changes.items()))
@@ -131,7 +144,7 @@ def _setup(recipe: TrainRecipe, ctx: ProcessContext, qat_changes: dict) -> Class
         recipe, ctx, class_names, train_loader, sampler, val_loader, raw_model, optimizer, scheduler,
         step=OptimizerStep(optimizer, dtype, ctx.device, recipe.clip_grad, clip_params, recipe.clip_mode),
         amp_dtype=dtype, criterion=_criterion(recipe, teacher), mixup=_mixup(recipe, len(class_names)),
-        ema=ModelEmaV3(raw_model, decay=recipe.model_ema_decay) if recipe.model_ema else None)
+        ema=ModelEmaV3(raw_model, decay=recipe.model_ema_decay) if recipe.model_ema else None, folder=folder)
     if resume is not None:
         _resume(run, resume)
     run.model = _wrapped(run)
@@ -220,12 +233,28 @@ def _resume(run: ClassificationRun, path: Path) -> None:
             run.ema.set(run.raw_model)  # EMA newly enabled: start it from the resumed weights
     run.step.load_scaler_state(state.get("scaler"))
     run.start_epoch, run.best, run.history = state["epoch"] + 1, state["best"], list(state["history"])
+    run.folder.saved = f"epoch {run.start_epoch} of {recipe.epochs}"
     if run.ctx.is_main:
         changed = {k: (state["recipe"].get(k), v) for k, v in recipe.to_dict().items()
                    if k not in PER_RUN_KEYS and state["recipe"].get(k) != v}
-        log.info("resumed %s at epoch %d (best top-1 %.2f at epoch %d)%s", path, run.start_epoch,
-                 run.best["top1"], run.best["epoch"],
+        best = f"best top-1 {run.best['top1']:.2f} at epoch {run.best['epoch']}" if run.best["epoch"] > 0 else \
+            "not evaluated yet"
+        log.info("resumed %s: %d of %d epochs done (%s)%s", path, run.start_epoch, recipe.epochs, best,
                  "; changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) if changed else "")
+        repair_best_files(run.output, _best_files(run), run.best["epoch"], state, state["epoch"] + 1, "epoch")
+
+
+def _best_files(run: ClassificationRun) -> list[BestFile]:
+    """checkpoint-best.pth and the deployed best, each with the epoch it holds and its writer."""
+    def deployed(state: dict) -> None:
+        model = copy.deepcopy(run.raw_model)
+        model.load_state_dict(state["state_dict"])
+        save_deployed(run, model, state)
+
+    files = [BestFile(BEST, checkpoint_position("epoch", 1), lambda state: atomic_save(state, run.output / BEST))]
+    if not run.recipe.qat:
+        files.append(BestFile(DEPLOYED_BEST, deployed_epoch, deployed))
+    return files
 
 
 def _wrapped(run: ClassificationRun) -> nn.Module:
@@ -249,7 +278,6 @@ def _start_output(run: ClassificationRun, root: Path, lr: float) -> None:
     recipe, ctx = run.recipe, run.ctx
     if not ctx.is_main:
         return
-    run.output.mkdir(parents=True, exist_ok=True)
     recipe.save(run.output / "recipe.yaml")
     write_metrics(run.output, run.history, append=False)
     log.info("training %s on %s: %d classes, %d train images, %d val images, %d process(es) x batch %d, "
@@ -272,14 +300,17 @@ def _train_epochs(run: ClassificationRun) -> TrainResult:
         is_best = evaluate_epoch(run, epoch, record)
         run.history.append(record)
         if ctx.is_main:
-            state = save_last(run, epoch)
-            log_epoch(run, record, writer, unreadable_examples)  # after the checkpoint it describes
-            if is_best:
-                save_best(run, state, epoch)
+            # in this order (resume repairs a kill between them), and whole: Ctrl-C waits for the end
+            with run.folder.writing(f"epoch {epoch + 1} of {recipe.epochs}"):
+                state = save_last(run, epoch)
+                log_epoch(run, record, writer, unreadable_examples)  # after the checkpoint it describes
+                if is_best:
+                    save_best(run, state)
         epochs_run += 1
         if recipe.stop_after_epochs and epochs_run >= recipe.stop_after_epochs and epoch + 1 < recipe.epochs:
             if ctx.is_main:
-                log.info("stopped after %d epoch(s) as asked; continue with --resume %s", epochs_run, output / LAST)
+                log.info("stopped after %d epoch(s) as asked; continue with `%s`", epochs_run,
+                         run.folder.resume_command())
             break
     if writer is not None:
         writer.close()

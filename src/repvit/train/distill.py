@@ -19,8 +19,8 @@ from torch import nn
 
 from ..factory import create_model
 from ..models import list_models
-from ..utils import UserError, first_line, param
-from ..weights import read_state_dict
+from ..utils import UserError, param
+from ..weights import first_mismatch, read_state_dict
 
 __all__ = ["DistillationLoss", "build_teacher"]
 
@@ -74,11 +74,10 @@ def build_teacher(name: str, weights, num_classes: int, device) -> nn.Module:
         key = f"{classifier[0] if isinstance(classifier, (list, tuple)) else classifier}.weight"
         classes = int(state[key].shape[0]) if key in state else num_classes
         teacher = timm.create_model(name, pretrained=False, num_classes=classes)
-        try:
-            teacher.load_state_dict(state)
-        except RuntimeError as err:
-            raise UserError(f"{param('teacher_weights')} {weights}: does not fit timm's {name} "
-                            f"({first_line(err, limit=200)})") from None
+        problem = first_mismatch(teacher.state_dict(), state)
+        if problem:
+            raise UserError(f"{param('teacher_weights')} {weights}: does not fit timm's {name}: {problem}")
+        teacher.load_state_dict(state)
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -22,15 +22,18 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..reparam import reparameterize
-from ..weights import atomic_save, save_weights
+from ..utils import UserError, param
+from ..weights import CheckpointError, atomic_save, save_weights
+from ..weights.files import read_safetensors
 from .checkpoint import BEST, LAST, rng_state, write_metrics
 from .evaluate import evaluate
 from .process import ProcessContext, all_agree, all_reduce_sum, derive_seed, seed_everything, sync_buffers
 from .recipe import TrainRecipe
+from .run_folder import RunFolder
 from .step import OptimizerStep, autocast, finite_loss, freeze_batchnorm
 
-__all__ = ["ClassificationRun", "train_one_epoch", "evaluate_epoch", "save_last", "save_best", "log_epoch",
-           "tensorboard", "DEPLOYED_BEST"]
+__all__ = ["ClassificationRun", "train_one_epoch", "evaluate_epoch", "save_last", "save_best", "save_deployed",
+           "deployed_epoch", "log_epoch", "tensorboard", "DEPLOYED_BEST"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class ClassificationRun:
     start_epoch: int = 0
     best: dict = field(default_factory=lambda: {"top1": -1.0, "epoch": -1})
     history: list[dict] = field(default_factory=list)
+    folder: RunFolder | None = None
 
     @property
     def output(self) -> Path:
@@ -102,6 +106,10 @@ def train_one_epoch(run: ClassificationRun, epoch: int) -> tuple[dict, list[str]
                        f"loss {loss_sum / seen:.4f}  lr {run.optimizer.param_groups[0]['lr']:.2e}")
     train_time = time.perf_counter() - start
     loss_sum, seen, unreadable = all_reduce_sum([loss_sum, float(seen), float(unreadable)], ctx)
+    if seen == 0:  # nothing trained: stop before a checkpoint claims otherwise
+        example = f" (e.g. {examples[0]})" if examples else ""
+        raise UserError(f"{param('data')} {Path(recipe.data) / 'train'}: no training image could be used in epoch "
+                        f"{epoch + 1}: {int(unreadable)} unreadable{example}; check the files (PIL must open them)")
     return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": run.optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_time, "train_seconds": train_time,
             "unreadable_train_images": int(unreadable)}, examples
@@ -156,12 +164,25 @@ def save_last(run: ClassificationRun, epoch: int) -> dict:
     return state
 
 
-def save_best(run: ClassificationRun, state: dict, epoch: int) -> None:
-    """``checkpoint-best.pth`` and the deployed weights of a new best epoch."""
+def save_best(run: ClassificationRun, state: dict) -> None:
+    """``checkpoint-best.pth`` and the deployed weights of a new best epoch (``state``: its checkpoint)."""
     atomic_save(state, run.output / BEST)
     if not run.recipe.qat:
-        save_weights(reparameterize(run.raw_model), run.output / DEPLOYED_BEST, class_names=run.class_names,
-                     metadata={"epoch": epoch + 1, "val_top1": run.best["top1"]})
+        save_deployed(run, run.raw_model, state)
+
+
+def save_deployed(run: ClassificationRun, model: nn.Module, state: dict) -> None:
+    """``model`` (holding ``state``'s weights) reparameterized, with the epoch and top-1 of ``state``'s best."""
+    save_weights(reparameterize(model), run.output / DEPLOYED_BEST, class_names=run.class_names,
+                 metadata={"epoch": state["best"]["epoch"], "val_top1": state["best"]["top1"]})
+
+
+def deployed_epoch(path: Path) -> int | None:
+    """The epoch a deployed best file holds (None: missing or unreadable)."""
+    try:
+        return int(read_safetensors(path)[1]["epoch"]) if path.is_file() else None
+    except (CheckpointError, KeyError, ValueError):
+        return None
 
 
 def _progress(enabled: bool) -> Progress:
@@ -187,6 +208,8 @@ def log_epoch(run: ClassificationRun, record: dict, writer, unreadable_examples:
                   f"(best {run.best['top1']:.2f} @ {run.best['epoch']})"]
     if "ema_val_top1" in record:
         parts.append(f"EMA top-1 {record['ema_val_top1']:.2f}")
+    if record.get("unreadable_val_images"):
+        parts.append(f"{record['unreadable_val_images']} unreadable val image(s) skipped")
     if record["unreadable_train_images"]:
         example = f", e.g. {unreadable_examples[0]}" if unreadable_examples else ""
         parts.append(f"{record['unreadable_train_images']} unreadable image(s) skipped{example}")

@@ -21,9 +21,10 @@ from pathlib import Path
 import yaml
 
 from ..utils import UserError, first_line, param
+from ..weights import atomic_write
 
 __all__ = ["Recipe", "TrainRecipe", "load_recipe", "recipe_names", "RecipeError", "DEIT_REGNETY160_URL", "option",
-           "PER_RUN_KEYS"]
+           "PER_RUN_KEYS", "RESUME_HELP", "OVERWRITE_HELP"]
 
 #: RegNetY-16GF teacher weights used by DeiT and RepViT (82.9% top-1).
 DEIT_REGNETY160_URL = "https://dl.fbaipublicfiles.com/deit/regnety_160-a5fe301d.pth"
@@ -45,6 +46,13 @@ _CHECKS = {
     ">=0": (lambda v: v >= 0, "must be >= 0"),
     "0..1": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
 }
+
+
+#: The run-folder options every training command shares (see :mod:`repvit.train.run_folder`).
+RESUME_HELP = ("continue a run in its folder: a checkpoint path (or run folder), or 'auto' (OUTPUT/checkpoint-last.pth "
+               "when there is one)")
+OVERWRITE_HELP = ("replace the run OUTPUT holds (its checkpoints, metrics and logs are deleted first); without it a "
+                  "new run refuses a folder that holds one")
 
 
 @dataclass
@@ -72,9 +80,11 @@ class Recipe:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
+        """The recipe as YAML, without the keys of one invocation (resume, overwrite, ...): loading it
+        with ``--config`` starts the same run, never one that deletes or resumes another."""
+        values = {k: v for k, v in self.to_dict().items() if k not in PER_RUN_KEYS}
+        text = yaml.safe_dump(values, sort_keys=False)
+        return atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, config=None, **overrides):
@@ -162,7 +172,8 @@ class TrainRecipe(Recipe):
     seed: int = _opt(0, "random seed (each process adds its rank for augmentation)", "runtime")
     # ---- output
     output: str = _opt("runs/train", "folder for checkpoints, recipe.yaml and metrics.jsonl", "output")
-    resume: str | None = _opt(None, "continue a run: a checkpoint path, or 'auto' (OUTPUT/checkpoint-last.pth)", "output")
+    resume: str | None = _opt(None, RESUME_HELP, "output")
+    overwrite: bool = _opt(False, OVERWRITE_HELP, "output")
     stop_after_epochs: int | None = _opt(None, "stop this process after N epochs (resume later with --resume)", "output")
     eval_every: int = _opt(1, "evaluate every N epochs (and always after the last)", "output", check=">0")
 
@@ -263,7 +274,7 @@ def _read_yaml(config) -> dict:
 
 
 #: Keys that describe one invocation, not the recipe: a resumed run does not inherit them.
-PER_RUN_KEYS = ("resume", "stop_after_epochs", "stop_after_iters")
+PER_RUN_KEYS = ("resume", "overwrite", "stop_after_epochs", "stop_after_iters")
 
 
 def load_recipe(config=None, **overrides) -> TrainRecipe:

@@ -8,8 +8,9 @@ Library errors name parameters as the Python API does (``calib_images``), marked
 from __future__ import annotations
 
 import re
+import signal
 
-__all__ = ["UserError", "param", "first_line", "flag_text", "split_list"]
+__all__ = ["UserError", "Interrupted", "param", "first_line", "flag_text", "split_list"]
 
 _MARK = "\ue000"  # brackets a parameter name inside a message (a private-use character: never real text)
 
@@ -26,6 +27,19 @@ class UserError(ValueError):
 
     def __str__(self) -> str:
         return super().__str__().replace(_MARK, "")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) that stopped a run cleanly; the message says what was kept and how to go on.
+    A ``KeyboardInterrupt``, so code that handles Ctrl-C handles it; the command exits ``128 + signal``."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 def flag_text(err: BaseException) -> str:

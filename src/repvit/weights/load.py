@@ -22,7 +22,7 @@ from .checkpoint import Checkpoint, read_checkpoint
 from .convert import legacy_to_current
 from .files import CheckpointError, atomic_write
 
-__all__ = ["load_weights", "save_weights"]
+__all__ = ["load_weights", "save_weights", "first_mismatch"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def _fill_batch_counters(expected: dict, state: dict) -> dict:
     return {**state, **{k: torch.zeros_like(expected[k]) for k in missing}} if missing else state
 
 
-def _first_mismatch(expected: dict, state: dict) -> str | None:
+def first_mismatch(expected: dict, state: dict) -> str | None:
+    """The first difference between two state dicts, in words (None when their keys and shapes agree)."""
     for key, tensor in expected.items():
         if key not in state:
             return f"tensor {key!r} {tuple(tensor.shape)} is missing from the checkpoint"
@@ -101,13 +102,14 @@ def load_weights(model: nn.Module, source, *, sha256: str | None = None, ignore_
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     state = _fill_batch_counters(expected, state)
 
-    problem = _first_mismatch(expected, state)
+    problem = first_mismatch(expected, state)
     if problem:
         hints = []
         if checkpoint.deployed is None:
             hints.append("its keys are not a RepViT layout this package knows (official, timm or repvit)")
         elif checkpoint.deployed and not model.deployed:
-            hints.append("the checkpoint is reparameterized: build the model with deploy=True")
+            hints.append("the checkpoint is reparameterized (deployed) and loads only into a deployed model; to "
+                         "train or fine-tune, start from a training checkpoint such as checkpoint-best.pth")
         elif isinstance(model, RepViT) and checkpoint.distillation != model.distillation and not model.deployed:
             hints.append(f"build the model with distillation={checkpoint.distillation}")
         if isinstance(model, RepViT) and checkpoint.num_classes != model.num_classes:
