@@ -193,3 +193,52 @@ M0_6_CFGS = [
     [3, 2, 320, 0, 1, 2],
     [3, 2, 320, 1, 1, 1],
 ]
+
+
+def _rows(width, se_flags, hs):
+    return [[3, 2, width, se, hs, 1] for se in se_flags]
+
+
+# RepViT-SAM's encoder rows (official sam/repvit_sam/modeling/repvit.py): M2.3's block list, whose
+# 320 -> 640 downsampling row the official block builds at stride 1 (``stride if inp != 320 else 1``).
+SAM_CFGS = (_rows(80, [1, 0, 1, 0, 1, 0, 0], 0) + [[3, 2, 160, 0, 0, 2]] + _rows(160, [1, 0, 1, 0, 1, 0, 0], 0)
+            + [[3, 2, 320, 0, 1, 2]] + _rows(320, [1, 0] * 17 + [0], 1) + [[3, 2, 640, 0, 1, 2]]
+            + _rows(640, [1, 0], 1))
+
+
+def official_sam_encoder_features() -> nn.ModuleList:
+    """The official RepViT-SAM encoder's ``features`` rows (stem + 54 blocks), 640-wide at stride 16."""
+    features = OfficialRepViT(SAM_CFGS, num_classes=1).features  # (the classifier is not used)
+    for block in features[1:]:
+        spatial = getattr(block, "token_mixer")[0]
+        if isinstance(spatial, Conv2d_BN) and spatial.c.in_channels == 320 and spatial.c.stride == (2, 2):
+            spatial.c.stride = (1, 1)
+    return features
+
+
+class LayerNorm2d(nn.Module):
+    """Channel LayerNorm of an (N, C, H, W) map, as the official neck uses it."""
+
+    def __init__(self, channels, eps=1e-6):
+        super().__init__()
+        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels)), eps
+
+    def forward(self, x):
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        return self.weight[:, None, None] * (x - mean) / torch.sqrt(var + self.eps) + self.bias[:, None, None]
+
+
+class OfficialSamEncoder(nn.Module):
+    """The official RepViT-SAM image encoder's layout: ``features`` rows, then ``neck`` to 256."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = official_sam_encoder_features()
+        self.neck = nn.Sequential(nn.Conv2d(640, 256, 1, bias=False), LayerNorm2d(256),
+                                  nn.Conv2d(256, 256, 3, padding=1, bias=False), LayerNorm2d(256))
+
+    def forward(self, x):
+        for f in self.features:
+            x = f(x)
+        return self.neck(x)

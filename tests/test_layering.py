@@ -16,14 +16,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: Bottom to top. "compat" holds the deprecated module paths (thin re-exports) and the package entry
 #: points: nothing inside the package may import them.
 LAYERS = ["utils", "specs", "layers", "reparam", "models", "weights", "factory", "data", "export", "train", "dense",
-          "tools", "cli", "compat"]
+          "sam", "tools", "cli", "compat"]
 COMPAT = {"__init__", "__main__", "complexity", "published", "predict", "recipe", "engine", "distill",
           "quickstart", "roadmap", "detection", "segmentation", "synthetic", "quantize", "qat", "bench"}
 
 #: Third-party modules that need a package only an optional extra (or the user) installs: the only
 #: function-local imports allowed. torch.utils.tensorboard is torch's, but needs ``tensorboard``.
 OPTIONAL = {"onnx", "onnxruntime", "onnxscript", "executorch", "torchao", "coremltools", "litert_torch",
-            "ai_edge_litert", "pnnx", "ncnn", "openvino", "pycocotools", "torch.utils.tensorboard"}
+            "ai_edge_litert", "pnnx", "ncnn", "openvino", "pycocotools", "segment_anything",
+            "torch.utils.tensorboard"}
 
 
 def module_name(path: Path) -> str:

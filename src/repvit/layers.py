@@ -283,13 +283,13 @@ class TransitionBlock(nn.Module):
 class Downsample(TransitionBlock):
     """The paper's deeper, separate downsampling layer.
 
-    A RepViT block at the input width (no SE), then a stride-2 transition: depthwise conv, 1x1 conv
-    that changes the width, and an FFN with residual at the output width.
+    A RepViT block at the input width (no SE), then a transition: depthwise conv (stride 2, or
+    ``stride``), 1x1 conv that changes the width, and an FFN with residual at the output width.
     """
 
     def __init__(self, in_chs: int, out_chs: int, expansion: float = 2.0, kernel_size: int = 3,
-                 act_layer: type[nn.Module] = nn.GELU, legacy: bool = False):
-        super().__init__(in_chs, out_chs, expansion, kernel_size, stride=2, use_se=False, act_layer=act_layer)
+                 act_layer: type[nn.Module] = nn.GELU, legacy: bool = False, stride: int = 2):
+        super().__init__(in_chs, out_chs, expansion, kernel_size, stride=stride, use_se=False, act_layer=act_layer)
         self.pre_block = RepViTBlock(in_chs, expansion, kernel_size, False, act_layer, legacy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ __all__ = ["BlockSpec", "StageSpec", "StemSpec", "HeadSpec", "NetSpec", "RepViTS
 
 #: repvit: re-parameterisable depthwise token mixer (+SE) and FFN, stride 1, same width;
 #: transition: strided depthwise conv (+SE), 1x1 conv to a new width, FFN;
-#: downsample: the paper's deeper downsampling layer (a repvit block, then a stride-2 transition);
+#: downsample: the paper's deeper downsampling layer (a repvit block, then a strided transition:
+#:   stride 2, or 1 where a network keeps the resolution, as RepViT-SAM's last stage);
 #: inverted_residual: MobileNetV3's block (expand, depthwise, SE, project).
 BLOCK_KINDS = ("repvit", "transition", "downsample", "inverted_residual")
 
@@ -32,12 +33,14 @@ class BlockSpec:
     expansion: float = 2.0  # hidden width / width: of the FFN, or of the inverted residual
     se: bool = False
     act: str = "gelu"
-    stride: int = 1
+    stride: int | None = None  # None: the kind's own (2 for a downsample layer, else 1)
     legacy: bool = False  # repvit blocks: the first paper version's token mixer
 
     def __post_init__(self):
         if self.kind not in BLOCK_KINDS:
             raise ValueError(f"block kind must be one of {', '.join(BLOCK_KINDS)}, got {self.kind!r}")
+        if self.stride is None:
+            object.__setattr__(self, "stride", 2 if self.kind == "downsample" else 1)
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
 
@@ -110,7 +113,13 @@ class NetSpec:
         return dataclasses.replace(self, stages=stages)
 
     def strides(self) -> list[int]:
-        return [4 * 2**i for i in range(len(self.stages))]  # every stem in the family has stride 4
+        """Each stage's output stride (every stem in the family has stride 4)."""
+        out, stride = [], 4
+        for stage in self.stages:
+            for block in ((stage.downsample,) if stage.downsample else ()) + stage.blocks:
+                stride *= block.stride
+            out.append(stride)
+        return out
 
 
 @renamed_keyword("mlp_ratio", "expansion", attribute=True)

@@ -2,7 +2,8 @@
 
 One module per command group builds its parsers and handlers: :mod:`.models` (models, predict),
 :mod:`.deploy` (export, quantize-eval), :mod:`.measure` (bench, roadmap), :mod:`.training` (train,
-val, quickstart), :mod:`.dense` (detect, segment). Nothing in the package imports this one.
+val, quickstart), :mod:`.dense` (detect, segment), :mod:`.sam` (sam predict, sam auto). Nothing in
+the package imports this one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from ..utils import Interrupted, __version__, flag_text
 from ..utils.deprecation import forward_moved
-from . import dense, deploy, measure, models, training
+from . import dense, deploy, measure, models, sam, training
 from .common import EXAMPLES, log_to_stderr
 
 __all__ = ["main", "build_parser"]
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"repvit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (models, deploy, measure, training, dense):
+    for group in (models, deploy, measure, training, dense, sam):
         group.add_commands(commands)
     return parser
 

@@ -57,7 +57,7 @@ def build_block(spec: BlockSpec, in_chs: int) -> nn.Module:
     if spec.kind == "transition":
         return TransitionBlock(in_chs, spec.out_chs, spec.expansion, spec.kernel_size, spec.stride, spec.se, act)
     if spec.kind == "downsample":
-        return Downsample(in_chs, spec.out_chs, spec.expansion, spec.kernel_size, act, spec.legacy)
+        return Downsample(in_chs, spec.out_chs, spec.expansion, spec.kernel_size, act, spec.legacy, spec.stride)
     return InvertedResidual(in_chs, spec.out_chs, spec.expansion, spec.kernel_size, spec.stride, spec.se, act)
 
 

@@ -1,0 +1,12 @@
+"""RepViT-SAM: Segment Anything with a RepViT-M2.3 image encoder ("RepViT-SAM: Towards Real-Time
+Segmenting Anything", arXiv 2312.05760), on Meta's ``segment-anything`` package
+(``pip install 'repvit[sam]'``): its prompt encoder, mask decoder, ``SamPredictor`` and
+``SamAutomaticMaskGenerator`` work with the model :func:`create_sam` returns.
+
+:mod:`.model` (the encoder, the model, reading the official and our own checkpoints),
+:mod:`.predict` (prompted and automatic segmentation, written as PNG/JSON), :mod:`.export` (the
+fused encoder in each runtime)."""
+
+from .model import SAM_WEIGHTS, RepViTSamEncoder, create_sam, read_sam_state, sam_encoder_spec, save_sam
+
+__all__ = ["create_sam", "RepViTSamEncoder", "sam_encoder_spec", "read_sam_state", "save_sam", "SAM_WEIGHTS"]
