@@ -68,6 +68,7 @@ def test_the_official_checkpoint_loads_strictly_and_matches_the_official_layout(
     with torch.no_grad():
         ours, theirs = sam.image_encoder(x), reference(x)
     assert ours.shape == (1, 256, SIZE // 16, SIZE // 16)
+    assert sam.image_encoder.body.feature_info.reduction() == [16]  # the last stage keeps stride 16
     assert _relative(ours, theirs) <= 1e-4
     # strict: one missing or renamed tensor is an error naming it
     state = torch.load(path, weights_only=True)
@@ -140,6 +141,12 @@ def test_sam_predict_and_auto_on_the_command_line(official, tmp_path, capsys):
         png = np.asarray(Image.open(out / record["file"])) > 0
         assert (rle_to_mask(record["rle"]) == png).all() and record["area"] == png.sum()
     assert Image.open(out / "picture_overlay.png").size == (SIZE, SIZE)
+    # one click is ambiguous: SAM's three candidates are computed and the best one kept
+    assert main(["sam", "predict", str(image), "--point", "140,100", "--multimask", *common]) == 0
+    three = json.loads((out / "picture_masks.json").read_text())["masks"]
+    assert main(["sam", "predict", str(image), "--point", "140,100", *common]) == 0
+    single = json.loads((out / "picture_masks.json").read_text())["masks"]
+    assert len(three) == 3 and len(single) == 1 and single[0]["rle"] == three[0]["rle"]
     # every object: thresholds at 0 keep what random weights predict, so there is something to write
     assert main(["sam", "auto", str(image), "--points-per-side", "4", "--pred-iou-thresh", "0",
                  "--stability-thresh", "0", *common]) == 0
@@ -171,8 +178,11 @@ def test_sam_export_of_the_fused_encoder(official, tmp_path, capsys):
     info = json.loads((out / "repvit_sam_encoder.json").read_text())
     assert info["files"]["onnx"]["status"] == "ok" and info["output"]["shape"] == [1, 256, SIZE // 16, SIZE // 16]
     assert "mean [123.675, 116.28, 103.53]" in info["input"]["preparation"]
+    sidecar = json.loads((out / "repvit_sam_encoder.onnx.json").read_text())  # the file's own: SAM's, not ImageNet's
+    assert sidecar["preprocessing"] == info["input"]["preparation"] and sidecar["output"]["shape"][1] == 256
     # the exported graph is the fused encoder: no BatchNorm left in it
     import onnx
 
     graph = onnx.load(str(out / "repvit_sam_encoder.onnx")).graph
     assert not [n for n in graph.node if n.op_type == "BatchNormalization"]
+    assert [o.name for o in graph.output] == [info["files"]["onnx"]["output_name"]]

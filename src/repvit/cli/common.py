@@ -39,6 +39,7 @@ EXAMPLES = """examples:
   repvit val --model repvit_m0_9 --weights runs/train/checkpoint-best.pth --data ./flowers
   repvit roadmap --runtime executorch --plot roadmap.png     MobileNetV3-L -> RepViT, measured beside the paper
   repvit roadmap --train --epochs 10                         ... and trained on the embedded digits
+  repvit sam predict photo.jpg --point 420,310 --multimask   RepViT-SAM: masks for a click (repvit sam --help)
 """
 
 

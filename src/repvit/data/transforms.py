@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo, auto_augment, create_transform
 
 from ..utils import UserError, first_line, param
@@ -48,7 +48,7 @@ def load_image(path) -> Image.Image:
         raise UserError(f"{path}: no such image file or folder")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return ImageOps.exif_transpose(img).convert("RGB")  # as shown by viewers (phone photos)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise UserError(f"{path}: not a readable image ({first_line(err)})") from None
 

@@ -197,7 +197,8 @@ class RepViT(_Backbone):
 
 
 class RepViTFeatures(_Backbone):
-    """RepViT backbone returning the stage outputs in ``out_indices`` (strides 4, 8, 16, 32).
+    """RepViT backbone returning the stage outputs in ``out_indices`` (strides 4, 8, 16, 32 for the
+    classification variants; 4, 8, 16, 16 for RepViT-SAM's encoder, see ``feature_info``).
 
     Module names match :class:`RepViT`, so classification checkpoints load into it directly.
     """

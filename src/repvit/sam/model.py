@@ -23,7 +23,7 @@ from ..models import RepViTFeatures, get_variant
 from ..reparam import reparameterize
 from ..specs import NetSpec, as_net
 from ..utils import UserError, missing_extra, param
-from ..weights import CheckpointError, atomic_write, convert_state_dict, first_mismatch, read_state_dict
+from ..weights import CheckpointError, atomic_write, convert_state_dict, first_mismatch, read_state_dict, resolve_source
 
 __all__ = ["SAM_WEIGHTS", "RepViTSamEncoder", "sam_encoder_spec", "create_sam", "read_sam_state", "save_sam"]
 
@@ -110,9 +110,8 @@ def create_sam(weights=None, *, deploy: bool = False, img_size: int = 1024) -> n
 def read_sam_state(source) -> tuple[dict, bool, Path]:
     """``(state dict in this package's names, whether the encoder is reparameterized, file)`` of a
     RepViT-SAM checkpoint: a path, a URL or a name in :data:`SAM_WEIGHTS`."""
-    source = SAM_WEIGHTS.get(str(source), source)
-    state = read_state_dict(source)
-    path = Path(str(source))
+    path = resolve_source(SAM_WEIGHTS.get(str(source), source))
+    state = read_state_dict(path)
     features = {k[len(_ENCODER):]: v for k, v in state.items() if k.startswith(_ENCODER + "features.")}
     if features:  # the official layout: the encoder's rows are RepViT's flat "features" list
         body, _ = convert_state_dict(features)

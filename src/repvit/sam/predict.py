@@ -75,7 +75,9 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def segment_prompted(sam, image: np.ndarray, prompt: Prompt, multimask: bool = False) -> dict:
-    """Masks (K, H, W) bool, their predicted IoU scores (K,), best first, for one prompt."""
+    """Masks (K, H, W) bool, their predicted IoU scores (K,), best first, for one prompt. A single
+    point is ambiguous: SAM's three candidates are computed and, without ``multimask``, the best kept
+    (SAM's own advice)."""
     from segment_anything import SamPredictor
 
     prompt.check(image.shape[1], image.shape[0])
@@ -85,8 +87,8 @@ def segment_prompted(sam, image: np.ndarray, prompt: Prompt, multimask: bool = F
         point_coords=np.array(prompt.points, dtype=np.float32) if prompt.points else None,
         point_labels=np.array(prompt.labels) if prompt.points else None,
         box=np.array(prompt.box, dtype=np.float32) if prompt.box is not None else None,
-        multimask_output=multimask)
-    order = np.argsort(-scores)
+        multimask_output=multimask or (len(prompt.points) == 1 and prompt.box is None))
+    order = np.argsort(-scores)[: None if multimask else 1]
     return {"masks": masks[order], "scores": scores[order]}
 
 
@@ -143,7 +145,7 @@ def _write(image_path, image: np.ndarray, masks: list[np.ndarray], info: list[di
         Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / name)
         overlay[mask] = 0.5 * overlay[mask] + 0.5 * colours[i]
         ys, xs = np.nonzero(mask)
-        box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None
+        box = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if len(xs) else None  # inclusive, as SAM
         rle = mask_to_rle_pytorch(torch.from_numpy(mask)[None])[0]
         records.append({"file": name, **details, "area": int(mask.sum()), "box_xyxy": box, "rle": rle})
     Image.fromarray(overlay.astype(np.uint8)).save(out_dir / f"{stem}_overlay.png")
