@@ -73,11 +73,3 @@ def make_image_tree(root, classes=("cat", "dog", "owl"), per_class=6, splits=("t
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
 
-
-#: Modules with the longest tests (QAT, PTQ, torchrun, ExecuTorch in a fresh process): run first, so
-#: that under pytest-xdist no worker starts a two-minute test while the other has nothing left.
-SLOW_MODULES = ("test_quantize.py", "test_distributed.py", "test_bench.py")
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in SLOW_MODULES)  # stable: module order kept otherwise
