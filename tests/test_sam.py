@@ -174,7 +174,13 @@ def test_sam_export_of_the_fused_encoder(official, tmp_path, capsys):
     out = tmp_path / "exports"
     assert main(["sam", "export", "--format", "onnx", "--weights", str(official[0]), "--img-size", str(SIZE),
                  "--out", str(out)]) == 0
-    assert "onnx: ok" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "encoder onnx: ok" in printed and "decoder onnx: ok" in printed
+    decoder = json.loads((out / "repvit_sam_decoder.json").read_text())
+    assert decoder["status"] == "ok" and set(decoder["checks"]) >= {"one point", "box (labels 2, 3)"}
+    for check in decoder["checks"].values():  # any number of points, any original size, in ONNX Runtime
+        assert check["max_abs_diff"] <= 1e-3 and check["mask_iou"] >= 0.99
+    assert decoder["checks"]["five points"]["masks_shape"] == [1, 4, SIZE // 4, SIZE // 4]
     info = json.loads((out / "repvit_sam_encoder.json").read_text())
     assert info["files"]["onnx"]["status"] == "ok" and info["output"]["shape"] == [1, 256, SIZE // 16, SIZE // 16]
     assert "mean [123.675, 116.28, 103.53]" in info["input"]["preparation"]

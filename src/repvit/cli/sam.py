@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..sam import SAM_WEIGHTS
-from ..sam.export import export_sam_encoder
+from ..sam.export import export_sam_decoder, export_sam_encoder
 from ..sam.predict import Prompt, auto_sam, parse_box, parse_point, predict_sam
 from .common import add_device_argument
 
@@ -39,9 +41,11 @@ def add_commands(commands) -> None:
                    help="keep masks whose stability score is above this")
     _common(p)
     p.set_defaults(func=cmd_sam_auto)
-    p = actions.add_parser("export", help="the fused image encoder, checked against PyTorch in each runtime",
-                           epilog=_EPILOG)
-    p.add_argument("--format", nargs="+", default=["onnx", "executorch"])
+    p = actions.add_parser("export", help="the fused image encoder (each runtime) and the prompt decoder (ONNX), "
+                           "checked against PyTorch", epilog=_EPILOG)
+    p.add_argument("--format", nargs="+", default=["onnx", "executorch"], help="the encoder's formats")
+    p.add_argument("--decoder", action=argparse.BooleanOptionalAction, default=True,
+                   help="also export the prompt decoder to ONNX (default: yes)")
     p.add_argument("--weights", default="repvit_sam", metavar="SRC",
                    help=f"checkpoint path, URL or {', '.join(SAM_WEIGHTS)} (default)")
     p.add_argument("--out", default="exports", metavar="DIR")
@@ -76,9 +80,18 @@ def cmd_sam_auto(args) -> int:
 def cmd_sam_export(args) -> int:
     results = export_sam_encoder(args.weights, args.format, args.out, args.img_size)
     for r in results:
-        print(f"{r.format}: {r.status}  {r.path or ''}  {r.parity}  {r.detail}")
+        print(f"encoder {r.format}: {r.status}  {r.path or ''}  {r.parity}  {r.detail}")
     print(f"how to feed it: {args.out}/repvit_sam_encoder.json")
-    return 0 if all(r.ok for r in results) else 1
+    decoder_ok = True
+    if args.decoder:
+        info = export_sam_decoder(args.weights, args.out, args.img_size)
+        worst = min(c["mask_iou"] for c in info["checks"].values())
+        print(f"decoder onnx: {info['status']}  {info['file']}  (max abs diff "
+              f"{max(c['max_abs_diff'] for c in info['checks'].values()):.1e}, mask IoU >= {worst:.4f} on "
+              f"{len(info['checks'])} prompts)")
+        print(f"how to feed it: {args.out}/repvit_sam_decoder.json")
+        decoder_ok = info["status"] == "ok"
+    return 0 if all(r.ok for r in results) and decoder_ok else 1
 
 
 def _report(result: dict) -> None:
