@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..sam import SAM_WEIGHTS
+from ..sam import SAM_WEIGHTS, create_sam
 from ..sam.export import export_sam_decoder, export_sam_encoder
 from ..sam.predict import Prompt, auto_sam, parse_box, parse_point, predict_sam
 from .common import add_device_argument
@@ -78,13 +78,14 @@ def cmd_sam_auto(args) -> int:
 
 
 def cmd_sam_export(args) -> int:
-    results = export_sam_encoder(args.weights, args.format, args.out, args.img_size)
+    sam = create_sam(args.weights, img_size=args.img_size)  # read once, for the encoder and the decoder
+    results = export_sam_encoder(args.weights, args.format, args.out, args.img_size, sam=sam)
     for r in results:
         print(f"encoder {r.format}: {r.status}  {r.path or ''}  {r.parity}  {r.detail}")
     print(f"how to feed it: {args.out}/repvit_sam_encoder.json")
     decoder_ok = True
     if args.decoder:
-        info = export_sam_decoder(args.weights, args.out, args.img_size)
+        info = export_sam_decoder(args.weights, args.out, args.img_size, sam=sam)
         worst = min(c["mask_iou"] for c in info["checks"].values())
         print(f"decoder onnx: {info['status']}  {info['file']}  (max abs diff "
               f"{max(c['max_abs_diff'] for c in info['checks'].values()):.1e}, mask IoU >= {worst:.4f} on "

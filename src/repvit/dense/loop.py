@@ -16,7 +16,6 @@ the batches.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from ..train import ProcessContext, Recipe, option, read_run_checkpoint, setup_p
 from ..train.checkpoint import BEST, LAST, write_metrics
 from ..train.process import derive_seed, end_process, seed_everything, sync_buffers, wrap_ddp
 from ..train.recipe import OVERWRITE_HELP, RESUME_HELP
-from ..train.run_folder import BestFile, RunFolder, checkpoint_position, open_run_folder, prepare_run, repair_best_files
+from ..train.run_folder import RunFolder, best_files, open_run_folder, prepare_run, repair_best_files
 from ..train.step import OptimizerStep, amp_dtype, autocast, finite_loss, freeze_batchnorm
 from ..utils import UserError, param
 from ..weights import atomic_save, first_mismatch
@@ -344,12 +343,7 @@ def _save_deployed(run: _DenseRun, model: nn.Module, state: dict) -> None:
                 run.output / DEPLOYED_BEST)
 
 
-def _best_files(run: _DenseRun) -> list[BestFile]:
+def _best_files(run: _DenseRun) -> list:
     """checkpoint-best.pth and the deployed best, each with the iteration it holds and its writer."""
-    def deployed(state: dict) -> None:
-        model = copy.deepcopy(run.raw_model)
-        model.load_state_dict(state["state_dict"])
-        _save_deployed(run, model, state)
-
-    return [BestFile(BEST, checkpoint_position("iter"), lambda state: atomic_save(state, run.output / BEST)),
-            BestFile(DEPLOYED_BEST, checkpoint_position("iter"), deployed)]
+    return best_files(run.output, run.raw_model, "iter",
+                      deployed=(DEPLOYED_BEST, lambda model, state: _save_deployed(run, model, state)))

@@ -28,12 +28,13 @@ _DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_inp
 _DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
 
 
-def export_sam_encoder(weights="repvit_sam", formats=("onnx", "executorch"), out_dir="exports", img_size: int = 1024):
+def export_sam_encoder(weights="repvit_sam", formats=("onnx", "executorch"), out_dir="exports", img_size: int = 1024,
+                       sam=None):
     """Export the fused encoder to each format (see :func:`repvit.export.export`); returns its results
     and writes ``repvit_sam_encoder.json`` (how to feed each file, what it returns) into ``out_dir``;
     each file's own ``<file>.json`` says the same (not the classifiers' ImageNet preprocessing)."""
-    sam = create_sam(weights, deploy=True, img_size=img_size)
-    encoder = sam.image_encoder
+    sam = create_sam(weights, img_size=img_size) if sam is None else sam  # ``sam``: already built from ``weights``
+    encoder = sam.image_encoder  # export() exports a reparameterized copy
     encoder.name = ENCODER_NAME
     results = export(encoder, list(formats), img_size=img_size, out_dir=out_dir)
     grid = img_size // PATCH
@@ -60,7 +61,8 @@ def export_sam_encoder(weights="repvit_sam", formats=("onnx", "executorch"), out
     return results
 
 
-def export_sam_decoder(weights="repvit_sam", out_dir="exports", img_size: int = 1024, tolerance: float = 1e-4) -> dict:
+def export_sam_decoder(weights="repvit_sam", out_dir="exports", img_size: int = 1024, tolerance: float = 1e-4,
+                       sam=None) -> dict:
     """The prompt decoder as ONNX (a variable number of points, an optional mask input, any original
     image size), reloaded in ONNX Runtime and compared with PyTorch on several prompts; writes
     ``repvit_sam_decoder.onnx`` and ``repvit_sam_decoder.json`` (how to feed it); returns the check."""
@@ -77,7 +79,7 @@ def export_sam_decoder(weights="repvit_sam", out_dir="exports", img_size: int = 
                 dense_prompt_embeddings=self._embed_masks(mask_input, has_mask_input))
             return scores, masks
 
-    sam = create_sam(weights, img_size=img_size)
+    sam = create_sam(weights, img_size=img_size) if sam is None else sam  # ``sam``: already built from ``weights``
     decoder = PromptDecoder(sam, return_single_mask=False).eval()
     grid = img_size // PATCH
     out = Path(out_dir)

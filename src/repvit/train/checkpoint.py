@@ -18,19 +18,30 @@ from ..utils import param
 from ..weights import CheckpointError, atomic_write, load_torch_file
 from ..weights.files import append_text
 
-__all__ = ["LAST", "BEST", "resume_path", "read_run_checkpoint", "write_metrics", "rng_state"]
+__all__ = ["LAST", "BEST", "locate_run", "resume_path", "read_run_checkpoint", "write_metrics", "rng_state"]
 
 LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
 
-def resume_path(resume: str | None, output) -> Path | None:
-    """The checkpoint to resume from: a path, or OUTPUT/checkpoint-last.pth for ``"auto"`` when it
-    exists (a first run with ``resume="auto"`` starts fresh)."""
+def locate_run(output, resume) -> tuple[Path, Path | None]:
+    """The run folder and the checkpoint to resume from. ``resume``: None (a new run in ``output``),
+    ``"auto"`` (``output``'s checkpoint-last.pth when there is one) or a checkpoint (or run folder)
+    path, whose folder is the run folder, whatever ``output`` says."""
     if resume is None:
-        return None
+        return Path(output), None
     if resume == "auto":
-        path = Path(output) / LAST
-        return path if path.is_file() else None
-    return Path(resume)
+        last = Path(output) / LAST
+        return Path(output), last if last.is_file() else None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise CheckpointError(f"{param('resume')} {resume}: no such checkpoint")
+    return path.parent, path
+
+
+def resume_path(resume: str | None, output) -> Path | None:
+    """The checkpoint to resume from (see :func:`locate_run`, which also gives the run folder)."""
+    return locate_run(output, resume)[1]
 
 
 def read_run_checkpoint(path, kind: str, argument: str | None = None) -> dict:

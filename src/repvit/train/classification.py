@@ -21,7 +21,6 @@ the best checkpoint to an int8 ExecuTorch program at the end.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data import SkippingImageFolder, check_image_folder, collate_skipping, train_transform
 from ..factory import create_model
 from ..utils import UserError, first_line, param
-from ..weights import atomic_save, load_weights, read_checkpoint
+from ..weights import load_weights, read_checkpoint
 from .checkpoint import BEST, LAST, read_run_checkpoint, write_metrics
 from .distill import DistillationLoss, build_teacher
 from .epoch import (
@@ -59,7 +58,7 @@ from .evaluate import build_eval_loader
 from .process import ProcessContext, end_process, seed_worker, setup_process, wrap_ddp
 from .qat import QAT_NEEDS_FINETUNE, QAT_OFF, export_qat_best, qat_model
 from .recipe import PER_RUN_KEYS, TrainRecipe
-from .run_folder import BestFile, RunFolder, checkpoint_position, open_run_folder, prepare_run, repair_best_files
+from .run_folder import RunFolder, best_files, open_run_folder, prepare_run, repair_best_files
 from .step import OptimizerStep, amp_dtype
 
 __all__ = ["train", "TrainResult", "PRODUCTS"]
@@ -244,17 +243,10 @@ def _resume(run: ClassificationRun, path: Path) -> None:
         repair_best_files(run.output, _best_files(run), run.best["epoch"], state, state["epoch"] + 1, "epoch")
 
 
-def _best_files(run: ClassificationRun) -> list[BestFile]:
-    """checkpoint-best.pth and the deployed best, each with the epoch it holds and its writer."""
-    def deployed(state: dict) -> None:
-        model = copy.deepcopy(run.raw_model)
-        model.load_state_dict(state["state_dict"])
-        save_deployed(run, model, state)
-
-    files = [BestFile(BEST, checkpoint_position("epoch", 1), lambda state: atomic_save(state, run.output / BEST))]
-    if not run.recipe.qat:
-        files.append(BestFile(DEPLOYED_BEST, deployed_epoch, deployed))
-    return files
+def _best_files(run: ClassificationRun) -> list:
+    """checkpoint-best.pth and the deployed best (none for QAT), each with the epoch it holds and its writer."""
+    deployed = None if run.recipe.qat else (DEPLOYED_BEST, lambda model, state: save_deployed(run, model, state))
+    return best_files(run.output, run.raw_model, "epoch", 1, deployed, deployed_epoch)
 
 
 def _wrapped(run: ClassificationRun) -> nn.Module:

@@ -20,6 +20,7 @@ What a folder guarantees, whatever happens to the process:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -34,11 +35,12 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
+from torch import nn
 
 from ..utils import Interrupted, UserError, param
-from ..weights import CheckpointError, DiskFullError, WriteError, load_torch_file
+from ..weights import CheckpointError, DiskFullError, WriteError, atomic_save, load_torch_file
 from ..weights.files import TEMPORARY_NAME
-from .checkpoint import BEST, LAST
+from .checkpoint import BEST, LAST, locate_run
 from .process import ProcessContext, all_agree
 
 try:
@@ -46,8 +48,9 @@ try:
 except ImportError:  # Windows: the lock file alone (no OS lock to tell a stale one)
     fcntl = None
 
-__all__ = ["RunFolder", "RunFolderError", "BestFile", "locate_run", "prepare_run", "absolute_paths", "open_run_folder",
-           "deferred_interrupts", "checkpoint_position", "repair_best_files", "holds_run_of", "LOCK", "METRICS"]
+__all__ = ["RunFolder", "RunFolderError", "BestFile", "locate_run", "prepare_run", "open_run_folder",
+           "deferred_interrupts", "checkpoint_position", "best_files", "repair_best_files", "holds_run_of", "LOCK",
+           "METRICS"]
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +63,12 @@ class RunFolderError(UserError):
     """A run folder that cannot be used as asked (in use, or holding another run)."""
 
 
-def locate_run(output, resume) -> tuple[Path, Path | None]:
-    """The run folder and the checkpoint to resume from. ``resume``: None (a new run in ``output``),
-    ``"auto"`` (``output``'s checkpoint-last.pth when there is one) or a checkpoint (or run folder)
-    path, whose folder is the run folder, whatever ``output`` says."""
-    if resume is None:
-        return Path(output), None
-    if resume == "auto":
-        last = Path(output) / LAST
-        return Path(output), last if last.is_file() else None
-    path = Path(resume)
-    if path.is_dir():
-        path = path / LAST
-    if not path.is_file():
-        raise CheckpointError(f"{param('resume')} {resume}: no such checkpoint")
-    return path.parent, path
-
-
 def prepare_run(recipe, keys: tuple[str, ...] = ()):
     """``(recipe, checkpoint to resume from)``: the recipe with ``output`` the run folder (the folder of
-    the resumed checkpoint, see :func:`locate_run`) and its local paths among ``keys`` made absolute,
-    so that its recipe.yaml works from any directory (a moved folder is found from its checkpoint)."""
+    the resumed checkpoint, see :func:`~repvit.train.checkpoint.locate_run`) and its local paths among
+    ``keys`` made absolute, so that its recipe.yaml works from any directory (a moved folder is found
+    from its checkpoint)."""
     folder, resume = locate_run(recipe.output, recipe.resume)
-    return absolute_paths(recipe, folder, resume, keys), resume
-
-
-def absolute_paths(recipe, folder: Path, resume: Path | None, keys: tuple[str, ...] = ()):
-    """See :func:`prepare_run`."""
     folder = folder.resolve()
     if resume is not None and Path(recipe.output).resolve() != folder and os.environ.get("RANK", "0") == "0":
         log.warning("continuing the run in %s, the folder of %s (output %s is not used)", folder, resume,
@@ -96,7 +78,7 @@ def absolute_paths(recipe, folder: Path, resume: Path | None, keys: tuple[str, .
         value = getattr(recipe, key)
         if value and "://" not in str(value) and Path(value).exists():
             changes[key] = str(Path(value).resolve())
-    return dataclasses.replace(recipe, **changes)
+    return dataclasses.replace(recipe, **changes), resume
 
 
 class RunFolder:
@@ -192,11 +174,7 @@ class RunFolder:
         last = self.path / LAST
         if resume.name == LAST or not last.is_file():
             return
-        position = checkpoint_position("epoch", 1)
-        older, newer = position(resume), position(last)
-        if older is None or newer is None:
-            position = checkpoint_position("iter")
-            older, newer = position(resume), position(last)
+        older, newer = _run_position(resume), _run_position(last)
         if older is not None and newer is not None and older < newer:
             raise RunFolderError(f"{param('resume')} {resume}: continuing this older checkpoint here would replace "
                                  f"the run's later checkpoint-last.pth ({newer} vs {older}); copy the folder and "
@@ -318,6 +296,26 @@ def checkpoint_position(key: str, offset: int = 0) -> Callable[[Path], int | Non
     return read
 
 
+def best_files(folder: Path, model: nn.Module, key: str, offset: int = 0,
+               deployed: tuple[str, Callable[[nn.Module, dict], object]] | None = None,
+               deployed_position: Callable[[Path], int | None] | None = None) -> list[BestFile]:
+    """checkpoint-best.pth, whose position is ``state[key] + offset``, and, when given as ``(name,
+    save(model, state))``, the deployed best, written from a copy of ``model`` holding a state's
+    weights; ``deployed_position`` reads what it holds (default: as for checkpoint-best.pth)."""
+    position = checkpoint_position(key, offset)
+    files = [BestFile(BEST, position, lambda state: atomic_save(state, folder / BEST))]
+    if deployed is not None:
+        name, save = deployed
+
+        def write(state: dict) -> None:
+            holder = copy.deepcopy(model)
+            holder.load_state_dict(state["state_dict"])
+            save(holder, state)
+
+        files.append(BestFile(name, deployed_position or position, write))
+    return files
+
+
 def repair_best_files(folder: Path, files: list[BestFile], best: int, last: dict, last_position: int,
                       unit: str) -> None:
     """Rebuild the best files that do not hold the recorded ``best`` position (a kill between the
@@ -350,6 +348,15 @@ def holds_run_of(folder, **values) -> bool:
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(recipe, dict) and all(recipe.get(k) == v for k, v in values.items())
+
+
+def _run_position(path: Path) -> int | None:
+    """How far a run checkpoint is: its (1-based) epoch, or its iteration for the dense loop."""
+    try:
+        state = load_torch_file(path)
+        return int(state["epoch"]) + 1 if "epoch" in state else int(state["iter"])
+    except (CheckpointError, KeyError, TypeError):
+        return None
 
 
 def _holds_data(path: Path) -> bool:

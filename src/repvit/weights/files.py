@@ -52,12 +52,10 @@ def atomic_write(path, write: Callable[[Path], object]) -> Path:
         with contextlib.suppress(OSError):  # some network file systems have no modes
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as a RuntimeError
-        raise _write_error(path, tmp, err) from None
     except Exception as err:
-        if _SPACE_MESSAGE.search(str(err)):  # safetensors' own error type
-            raise _write_error(path, tmp, err) from None
-        raise
+        if not _about_the_file(err, tmp):
+            raise  # a bug in the writer: to see in full
+        raise _write_error(path, tmp, err) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -84,6 +82,15 @@ def _process_umask() -> int:
 
 _UMASK = _process_umask()
 _SPACE_MESSAGE = re.compile(r"No space left on device|Disk quota exceeded|os error (28|122)\b")
+_FILE_MESSAGE = re.compile(r"PytorchStreamWriter|file write failed|cannot be opened|unexpected pos|Parent directory")
+
+
+def _about_the_file(err: BaseException, tmp: Path) -> bool:
+    """Whether a writer's exception is about the file (torch's writer reports a full disk as a
+    RuntimeError, safetensors with its own type), not a bug in what is written."""
+    if isinstance(err, OSError) or _SPACE_MESSAGE.search(str(err)):
+        return True
+    return isinstance(err, RuntimeError) and bool(_FILE_MESSAGE.search(str(err)) or _out_of_space(err, tmp))
 
 
 def _out_of_space(err: BaseException, tmp: Path) -> bool:
@@ -106,9 +113,6 @@ def _write_error(path: Path, tmp: Path, err: BaseException, appending: bool = Fa
         except OSError:
             free = "no space"
         return DiskFullError(f"{path}: not written: the disk is full ({free} in {path.parent}){kept}")
-    if isinstance(err, RuntimeError) and not re.search(r"PytorchStreamWriter|file write failed|cannot be opened|"
-                                                       r"unexpected pos|Parent directory", str(err)):
-        raise err  # not about the file: a bug to see in full
     return WriteError(f"{path}: not written ({first_line(err)}){kept}")
 
 
