@@ -23,7 +23,7 @@ COMPAT = {"__init__", "__main__", "complexity", "published", "predict", "recipe"
 #: Third-party modules that need a package only an optional extra (or the user) installs: the only
 #: function-local imports allowed. torch.utils.tensorboard is torch's, but needs ``tensorboard``.
 OPTIONAL = {"onnx", "onnxruntime", "onnxscript", "executorch", "torchao", "coremltools", "litert_torch",
-            "ai_edge_litert", "pnnx", "ncnn", "openvino", "pycocotools", "segment_anything",
+            "ai_edge_litert", "pnnx", "ncnn", "openvino", "pycocotools", "segment_anything", "efficientsam", "sam2",
             "torch.utils.tensorboard"}
 
 

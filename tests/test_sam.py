@@ -15,6 +15,7 @@ from segment_anything import SamPredictor
 import repvit
 from repvit.cli import main
 from repvit.sam import create_sam, read_sam_state, save_sam
+from repvit.utils import UserError
 from repvit.weights import CheckpointError
 
 pytestmark = pytest.mark.sam
@@ -177,10 +178,11 @@ def test_sam_export_of_the_fused_encoder(official, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "encoder onnx: ok" in printed and "decoder onnx: ok" in printed
     decoder = json.loads((out / "repvit_sam_decoder.json").read_text())
-    assert decoder["status"] == "ok" and set(decoder["checks"]) >= {"one point", "box (labels 2, 3)"}
-    for check in decoder["checks"].values():  # any number of points, any original size, in ONNX Runtime
+    checks = decoder["files"]["onnx"]["checks"]
+    assert decoder["files"]["onnx"]["status"] == "ok" and set(checks) >= {"one point", "box (labels 2, 3)"}
+    for check in checks.values():  # any number of points, a mask input, in ONNX Runtime
         assert check["max_abs_diff"] <= 1e-3 and check["mask_iou"] >= 0.99
-    assert decoder["checks"]["five points"]["masks_shape"] == [1, 4, SIZE // 4, SIZE // 4]
+    assert checks["five points"]["masks_shape"] == [1, 4, SIZE // 4, SIZE // 4]
     info = json.loads((out / "repvit_sam_encoder.json").read_text())
     assert info["files"]["onnx"]["status"] == "ok" and info["output"]["shape"] == [1, 256, SIZE // 16, SIZE // 16]
     assert "mean [123.675, 116.28, 103.53]" in info["input"]["preparation"]
@@ -192,3 +194,41 @@ def test_sam_export_of_the_fused_encoder(official, tmp_path, capsys):
     graph = onnx.load(str(out / "repvit_sam_encoder.onnx")).graph
     assert not [n for n in graph.node if n.op_type == "BatchNormalization"]
     assert [o.name for o in graph.output] == [info["files"]["onnx"]["output_name"]]
+
+
+def test_the_fixed_shape_litert_decoder_takes_padded_prompts(official, tmp_path):
+    """LiteRT needs fixed shapes: its decoder has point slots, padded with label -1, and computes
+    what PyTorch computes on the same padded prompt (two slots more than the largest checked prompt)."""
+    from repvit.sam.export import decoder_inputs, export_sam_decoder
+
+    info = export_sam_decoder(official[0], tmp_path, img_size=SIZE, formats=["litert"], slots=7)
+    entry = info["files"]["litert"]
+    assert entry["status"] == "ok", entry
+    assert len(entry["checks"]) == 5 and min(c["mask_iou"] for c in entry["checks"].values()) >= 0.99
+    assert "exactly 7" in info["point_count"]["litert"]
+    with pytest.raises(UserError, match="8 points does not fit the decoder's 7 point slots"):
+        decoder_inputs(torch.zeros(1, 256, 4, 4), torch.zeros(8, 2), [1] * 8, slots=7)
+
+
+def test_sam_bench_measures_encoders_and_the_decoder_side_by_side(tmp_path, capsys):
+    """A tiny run of ``repvit sam bench``: fused and unfused RepViT-SAM beside MobileSAM's encoder, the
+    decoder per prompt, the ratios, the markdown table and the plot."""
+    from repvit.tools import BenchReport
+
+    out = tmp_path / "sam.json"
+    assert main(["sam", "bench", "--models", "repvit_sam,repvit_sam@train,mobilesam", "--runtimes", "eager",
+                 "--img-size", "64", "--rounds", "1", "--warmup", "0", "--json", str(out), "--markdown",
+                 str(tmp_path / "sam.md"), "--plot", str(tmp_path / "sam.png"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "fused encoder vs unfused on eager:" in printed and "mobilesam / RepViT-SAM latency" in printed
+    report = BenchReport.from_json(out)
+    rows = {r["model"]: r for r in report.rows}
+    assert set(rows) == {"repvit_sam", "repvit_sam@train", "mobilesam", "repvit_sam decoder"}
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows.values())
+    assert rows["repvit_sam"]["params_m"] < rows["repvit_sam@train"]["params_m"]  # fused: fewer weights
+    assert 3.9 < rows["repvit_sam decoder"]["params_m"] < 4.1  # SAM's prompt encoder + mask decoder: 4.06M
+    assert rows["repvit_sam"]["published_iphone12_ms"] == 48.9 and rows["mobilesam"]["published_m1pro_ms"] == 482.2
+    assert set(report.env["ratios"]["fused_speedup"]) == {"eager"}
+    table = (tmp_path / "sam.md").read_text()
+    assert "| repvit_sam | 64 |" in table and "eager 1T ms" in table
+    assert (tmp_path / "sam.png").stat().st_size > 10_000

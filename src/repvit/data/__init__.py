@@ -14,7 +14,7 @@ from .folders import (
     image_files,
 )
 from .samplers import ResumeSampler, ShardSampler
-from .synthetic import SHAPES, make_shapes_coco, make_shapes_segmentation
+from .synthetic import SHAPES, make_shapes_coco, make_shapes_segmentation, shapes_scene
 from .transforms import (
     EVAL_CROP_PCT,
     IMAGENET_DEFAULT_MEAN,
@@ -35,5 +35,5 @@ __all__ = [
     # calibration images
     "ImageSet", "image_set", "calibration_images", "calibration_and_held_out", "resolve_image_source",
     # generated data
-    "make_digits_image_folder", "SHAPES", "make_shapes_coco", "make_shapes_segmentation",
+    "make_digits_image_folder", "SHAPES", "shapes_scene", "make_shapes_coco", "make_shapes_segmentation",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "make_shapes_coco", "make_shapes_segmentation"]
+__all__ = ["SHAPES", "shapes_scene", "make_shapes_coco", "make_shapes_segmentation"]
 
 SHAPES = ("circle", "square", "triangle")
 _COLOURS = {"circle": (220, 60, 60), "square": (60, 200, 80), "triangle": (70, 90, 230)}
@@ -25,7 +25,7 @@ def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
     return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
 
 
-def _scene(rng: np.random.Generator, size: int, max_shapes: int):
+def shapes_scene(rng: np.random.Generator, size: int, max_shapes: int):
     """An image with 1..max_shapes non-overlapping shapes; returns (image, [(kind, polygon)])."""
     background = rng.integers(90, 160, 3)
     pixels = np.clip(background + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
@@ -62,7 +62,7 @@ def make_shapes_coco(root, n_train: int = 48, n_val: int = 16, size: int = 128, 
         (root / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(count):
-            image, shapes = _scene(rng, size, max_shapes)
+            image, shapes = shapes_scene(rng, size, max_shapes)
             name = f"{i:05d}.png"
             image.save(root / split / name)
             images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
@@ -90,7 +90,7 @@ def make_shapes_segmentation(root, n_train: int = 32, n_val: int = 8, size: int 
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            image, shapes = _scene(rng, size, max_shapes)
+            image, shapes = shapes_scene(rng, size, max_shapes)
             label = Image.new("L", (size, size), 1)
             draw = ImageDraw.Draw(label)
             for kind, polygon in shapes:

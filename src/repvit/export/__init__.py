@@ -7,8 +7,8 @@ export, its loader and its int8 writer: :mod:`.onnx` (ONNX Runtime), :mod:`.exec
 :mod:`.int8` the fp32-vs-int8 evaluation (``repvit quantize-eval``).
 """
 
-from .common import INPUT_NAME, OUTPUT_NAME, ExportError, ParitySkipped
-from .coreml import export_coreml, load_coreml
+from .common import INPUT_NAME, OUTPUT_NAME, ExportError, ParitySkipped, captured_output
+from .coreml import export_coreml, import_coremltools, load_coreml, require_macos, save_mlpackage
 from .driver import INT8_FORMATS, ExportResult, export
 from .executorch import export_executorch, export_executorch_int8, load_executorch, set_executorch_threads
 from .formats import FORMAT_ALIASES, FORMATS, RUNTIME_PACKAGES, ExportFormat, check_formats
@@ -22,6 +22,7 @@ from .parity import INT8_MIN_COSINE, evaluate_artifact, parity_tolerance
 __all__ = ["ExportFormat", "ExportResult", "FORMATS", "FORMAT_ALIASES", "RUNTIME_PACKAGES", "INT8_FORMATS", "export",
            "check_formats", "export_onnx", "export_executorch", "export_coreml", "export_litert", "export_ncnn",
            "export_openvino", "export_onnx_int8", "export_executorch_int8", "load_onnx", "load_executorch",
-           "load_coreml", "load_litert", "load_ncnn", "load_openvino", "set_executorch_threads", "parity_tolerance",
-           "evaluate_artifact", "INT8_MIN_COSINE", "quantize_eval", "format_quantize_eval", "ExportError",
-           "ParitySkipped", "INPUT_NAME", "OUTPUT_NAME", "NCNN_FILES"]
+           "load_coreml", "load_litert", "load_ncnn", "load_openvino", "import_coremltools", "require_macos",
+           "save_mlpackage", "set_executorch_threads", "parity_tolerance", "evaluate_artifact", "INT8_MIN_COSINE",
+           "quantize_eval", "format_quantize_eval", "ExportError", "ParitySkipped", "INPUT_NAME", "OUTPUT_NAME",
+           "NCNN_FILES", "captured_output"]

@@ -9,9 +9,14 @@ import tempfile
 
 from ..utils import UserError
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ExportError", "ParitySkipped", "captured_output"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ExportError", "ParitySkipped", "captured_output", "as_args"]
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+def as_args(example) -> tuple:
+    """A model's example inputs as a tuple: one tensor, or a tuple/list of them (several inputs)."""
+    return tuple(example) if isinstance(example, (tuple, list)) else (example,)
 
 
 class ExportError(UserError):

@@ -18,10 +18,10 @@ from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..utils import param
 from .common import INPUT_NAME, OUTPUT_NAME, ExportError, ParitySkipped
 
-__all__ = ["export_coreml", "load_coreml", "NormalizedImageInput", "image_pixels", "parity_input"]
+__all__ = ["export_coreml", "load_coreml", "import_coremltools", "save_mlpackage", "require_macos", "NormalizedImageInput", "image_pixels", "parity_input"]
 
 
-def _import_coremltools():
+def import_coremltools():
     # Off macOS coremltools warns at import that its runtime is missing, and it warns about every
     # torch/scikit-learn release it has not been tested with; neither is actionable here.
     logging.getLogger("coremltools").setLevel(logging.ERROR)
@@ -46,7 +46,7 @@ class NormalizedImageInput(nn.Module):
 def export_coreml(model: nn.Module, example: torch.Tensor, path: Path, *, image_input: bool = False,
                   precision: str = "fp32") -> str:
     """Write an ML Program ``.mlpackage`` and validate it with coremltools' spec loader."""
-    ct = _import_coremltools()
+    ct = import_coremltools()
 
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"{param('coreml_precision')} must be fp32 or fp16, got {precision!r}")
@@ -61,10 +61,7 @@ def export_coreml(model: nn.Module, example: torch.Tensor, path: Path, *, image_
         compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
         minimum_deployment_target=ct.target.iOS16,
     )
-    if path.exists():
-        shutil.rmtree(path)
-    mlmodel.save(str(path))
-    spec = ct.utils.load_spec(str(path))  # validation: the saved package parses as a Core ML model
+    spec = save_mlpackage(mlmodel, path)
     if spec.WhichOneof("Type") != "mlProgram":
         raise ExportError(f"{path}: expected an ML Program, got {spec.WhichOneof('Type')}")
     got = ([i.name for i in spec.description.input], [o.name for o in spec.description.output])
@@ -74,10 +71,24 @@ def export_coreml(model: nn.Module, example: torch.Tensor, path: Path, *, image_
     return f"ML Program, spec v{spec.specificationVersion}, {precision}, {kind}"
 
 
-def load_coreml(path: Path, image_input: bool = False) -> Callable[[torch.Tensor], np.ndarray]:
+def save_mlpackage(mlmodel, path: Path):
+    """Write ``mlmodel`` to ``path`` (replacing it) and return its spec as coremltools reads it back:
+    the validation available off macOS."""
+    if path.exists():
+        shutil.rmtree(path)
+    mlmodel.save(str(path))
+    return import_coremltools().utils.load_spec(str(path))
+
+
+def require_macos() -> None:
+    """Raise :class:`ParitySkipped` off macOS, where Core ML cannot execute a model."""
     if platform.system() != "Darwin":
         raise ParitySkipped("Core ML executes only on macOS; the package was validated with coremltools' spec loader")
-    ct = _import_coremltools()
+
+
+def load_coreml(path: Path, image_input: bool = False) -> Callable[[torch.Tensor], np.ndarray]:
+    require_macos()
+    ct = import_coremltools()
 
     mlmodel = ct.models.MLModel(str(path))
 

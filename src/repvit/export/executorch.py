@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import ExportError
+from .common import ExportError, as_args
 
 __all__ = ["export_executorch", "load_executorch", "export_executorch_int8", "set_executorch_threads",
            "xnnpack_quantizer", "quantize_xnnpack"]
@@ -37,13 +37,18 @@ def set_executorch_threads(threads: int) -> None:
     _ET_THREADS = threads
 
 
-def export_executorch(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    """Write ``model`` as an ExecuTorch program with the XNNPACK delegate; describe delegation."""
+def export_executorch(model: nn.Module, example, path: Path, *, dynamic_shapes=None, per_op: bool = False) -> str:
+    """Write ``model`` as an ExecuTorch program with the XNNPACK delegate; describe delegation.
+
+    ``example``: one input tensor or a tuple of them; ``dynamic_shapes`` as ``torch.export.export``
+    takes it. ``per_op``: delegate operator by operator (XNNPACK's per-op mode), for graphs whose
+    whole-graph partition would contain a cycle (SAM's prompt decoder).
+    """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    program = torch.export.export(model, (example,))
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    program = torch.export.export(model, as_args(example), dynamic_shapes=dynamic_shapes)
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=per_op)])
     detail = ""
     with contextlib.suppress(Exception):  # delegation statistics are informative only
         from executorch.devtools.backend_debug import get_delegation_info
@@ -55,18 +60,21 @@ def export_executorch(model: nn.Module, example: torch.Tensor, path: Path) -> st
     return detail
 
 
-def load_executorch(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
-    """ExecuTorch's Python runtime for ``path`` as a function of a torch tensor."""
+def load_executorch(path: Path, all_outputs: bool = False) -> Callable[..., np.ndarray]:
+    """ExecuTorch's Python runtime for ``path`` as a function of its input tensor(s), returning the
+    first output (``all_outputs``: the list of every output)."""
     global _ET_LOADED
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")
     _ET_LOADED = True
 
-    def run(x: torch.Tensor) -> np.ndarray:
-        return method.execute([x])[0].numpy()
+    def run(*inputs: torch.Tensor):
+        outputs = [o.numpy() for o in method.execute(list(inputs))]
+        return outputs if all_outputs else outputs[0]
 
     return run
+
 
 
 def xnnpack_quantizer(qat: bool = False):

@@ -32,8 +32,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
     return f"opset {opset}" + (", dynamic batch" if dynamic_batch else "")
 
 
-def load_onnx(path: Path, threads: int | None = None) -> Callable[[torch.Tensor], np.ndarray]:
-    """An ONNX Runtime CPU session for ``path`` as a function of a torch tensor."""
+def load_onnx(path: Path, threads: int | None = None, all_outputs: bool = False) -> Callable[..., np.ndarray]:
+    """An ONNX Runtime CPU session for ``path`` as a function of its input tensor(s), returning the
+    first output (``all_outputs``: the list of every output)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -42,10 +43,11 @@ def load_onnx(path: Path, threads: int | None = None) -> Callable[[torch.Tensor]
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()]
 
-    def run(x: torch.Tensor) -> np.ndarray:
-        return session.run(None, {name: x.numpy()})[0]
+    def run(*xs: torch.Tensor):
+        outputs = session.run(None, {name: x.numpy() for name, x in zip(names, xs)})
+        return outputs if all_outputs else outputs[0]
 
     return run
 

@@ -7,6 +7,16 @@ Segmenting Anything", arXiv 2312.05760), on Meta's ``segment-anything`` package
 :mod:`.predict` (prompted and automatic segmentation, written as PNG/JSON), :mod:`.export` (the
 fused encoder in each runtime)."""
 
-from .model import SAM_WEIGHTS, RepViTSamEncoder, create_sam, read_sam_state, sam_encoder_spec, save_sam
+from .model import (
+                    SAM_WEIGHTS,
+                    RepViTSamEncoder,
+                    create_sam,
+                    random_sam,
+                    read_sam_state,
+                    sam_encoder_spec,
+                    sam_neck,
+                    save_sam,
+)
 
-__all__ = ["create_sam", "RepViTSamEncoder", "sam_encoder_spec", "read_sam_state", "save_sam", "SAM_WEIGHTS"]
+__all__ = ["create_sam", "random_sam", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "read_sam_state",
+           "save_sam", "SAM_WEIGHTS"]

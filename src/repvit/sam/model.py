@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from timm.layers import LayerNorm2d
 from torch import nn
 
 from ..models import RepViTFeatures, get_variant
@@ -25,7 +26,8 @@ from ..specs import NetSpec, as_net
 from ..utils import UserError, missing_extra, param
 from ..weights import CheckpointError, atomic_write, convert_state_dict, first_mismatch, read_state_dict, resolve_source
 
-__all__ = ["SAM_WEIGHTS", "RepViTSamEncoder", "sam_encoder_spec", "create_sam", "read_sam_state", "save_sam"]
+__all__ = ["SAM_WEIGHTS", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "create_sam", "random_sam",
+           "read_sam_state", "save_sam"]
 
 #: Released RepViT-SAM weights by name (THU-MIG/RepViT, GitHub release v1.0).
 SAM_WEIGHTS = {"repvit_sam": "https://github.com/THU-MIG/RepViT/releases/download/v1.0/repvit_sam.pt"}
@@ -44,21 +46,26 @@ def sam_encoder_spec() -> NetSpec:
     return dataclasses.replace(net, stages=net.stages[:-1] + (kept,))
 
 
+def sam_neck(in_channels: int, embed_dim: int = EMBED_DIM) -> nn.Sequential:
+    """SAM's neck (as RepViT-SAM and MobileSAM use it): 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d.
+
+    timm's LayerNorm2d (one layer_norm op, eps 1e-6) computes segment_anything's, with the same
+    weight names; int8 lowering for XNNPACK fails on segment_anything's mean/variance version."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, embed_dim, 1, bias=False), LayerNorm2d(embed_dim, eps=1e-6),
+        nn.Conv2d(embed_dim, embed_dim, 3, padding=1, bias=False), LayerNorm2d(embed_dim, eps=1e-6))
+
+
 class RepViTSamEncoder(nn.Module):
     """Image (N, 3, S, S), normalised and padded as SAM does -> embedding (N, 256, S/16, S/16)."""
 
     def __init__(self, spec: NetSpec | None = None, embed_dim: int = EMBED_DIM, img_size: int = 1024):
         super().__init__()
-        from segment_anything.modeling.common import LayerNorm2d
-
         spec = spec or sam_encoder_spec()
         net = as_net(spec)
         self.img_size = img_size  # what SAM's preprocessing resizes and pads to
         self.body = RepViTFeatures(spec, out_indices=(len(net.stages) - 1,), name="repvit_sam_encoder")
-        self.neck = nn.Sequential(
-            nn.Conv2d(net.widths[-1], embed_dim, 1, bias=False), LayerNorm2d(embed_dim),
-            nn.Conv2d(embed_dim, embed_dim, 3, padding=1, bias=False), LayerNorm2d(embed_dim),
-        )
+        self.neck = sam_neck(net.widths[-1], embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.body(x)[-1])
@@ -105,6 +112,20 @@ def create_sam(weights=None, *, deploy: bool = False, img_size: int = 1024) -> n
     if deploy and not sam.image_encoder.deployed:
         sam = reparameterize(sam)
     return sam.eval()
+
+
+def random_sam(img_size: int = 1024, *, deploy: bool = False, seed: int = 0) -> nn.Module:
+    """RepViT-SAM with random weights and no branch switched off, for latency and quantization checks
+    without the released weights: the residual BatchNorms the builder zero-initialises (as the
+    official code does) get small non-zero scales, as after training. (A zero branch is not a fair
+    test: a converter may drop it, as LiteRT's did, and int8 error would be understated.)"""
+    sam = create_sam(None, img_size=img_size)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in sam.image_encoder.modules():
+            if isinstance(module, nn.BatchNorm2d) and not module.weight.any():
+                module.weight.copy_(0.05 + 0.1 * torch.rand(module.weight.shape, generator=generator))
+    return reparameterize(sam).eval() if deploy else sam
 
 
 def read_sam_state(source) -> tuple[dict, bool, Path]:

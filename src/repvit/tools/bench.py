@@ -153,6 +153,12 @@ def _prepare_target(target: BenchTarget, runtimes, example, work: Path, threads:
     """Build one model, export it to every runtime and check it there: a row per runtime, and a
     runner for each one that works."""
     macs = None
+    runtimes = [r for r in runtimes if target.runtimes is None or r in target.runtimes]
+    if target.img_size and target.img_size != example.shape[-1]:
+        runtimes = [r for r in runtimes if not RUNTIMES[r].int8]  # its calibration inputs have the bench's size
+        generator = torch.Generator().manual_seed(0)
+        example = torch.randn(*example.shape[:2], target.img_size, target.img_size, generator=generator)
+        common = {**common, "img_size": target.img_size}
     try:
         model = target.build()
         params = count_params(model) / 1e6

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from ..models import get_variant
 
-__all__ = ["save_figure", "plot_pareto", "plot_roadmap", "plot_training_curves"]
+__all__ = ["save_figure", "plot_pareto", "plot_roadmap", "plot_training_curves", "plot_sam_latency"]
 
 
 def save_figure(fig: Figure, path, dpi: int = 120) -> Path:
@@ -90,3 +90,37 @@ def plot_training_curves(history: list[dict], path) -> Path:
     right.set_ylabel("val top-1 %")
     right.grid(alpha=0.3)
     return save_figure(fig, path, dpi=110)
+
+
+def plot_sam_latency(reports: list, path) -> Path:
+    """SAM encoders' measured latency (log scale), one group of bars per runtime, one panel per thread
+    count (one report each), with the prompt decoder's per-prompt time beside them."""
+    fig = Figure(figsize=(7 * len(reports), 5.4))
+    axes = fig.subplots(1, len(reports), squeeze=False)
+    everyone = list(dict.fromkeys(r["model"] for report in reports for r in report.rows))
+    others = iter(("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:gray", "tab:olive", "tab:cyan"))
+    colours = {m: "tab:red" if m == "repvit_sam" else "tab:orange" if m.startswith("repvit") else next(others, "black")
+               for m in everyone}
+    for ax, report in zip(axes[0], reports):
+        ok = [r for r in report.rows if r["status"] == "ok" and r["median_ms"]]
+        runtimes = list(dict.fromkeys(r["runtime"] for r in ok))
+        models = list(dict.fromkeys(r["model"] for r in ok))
+        width = 0.8 / max(len(models), 1)
+        for i, model in enumerate(models):
+            cells = {r["runtime"]: r for r in ok if r["model"] == model}
+            xs = [j + i * width for j, rt in enumerate(runtimes) if rt in cells]
+            ys = [cells[rt]["median_ms"] for rt in runtimes if rt in cells]
+            sizes = {cells[rt]["img_size"] for rt in cells}
+            label = model + (f" ({sizes.pop()} px)" if len(sizes) == 1 and "decoder" not in model else "")
+            ax.bar(xs, ys, width, label=label, color=colours[model],
+                   hatch="//" if model.endswith("@train") or "decoder" in model else None, edgecolor="white")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(runtimes))], runtimes, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("median latency, ms (log scale)")
+        ax.set_title(f"{report.env['threads']} thread(s), batch 1")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4)
+    env = reports[0].env
+    fig.suptitle(f"Segment Anything encoders and RepViT-SAM's decoder per prompt: {env.get('cpu', '')}, "
+                 f"{env.get('date', '')[:10]}, random weights", fontsize=9)
+    return save_figure(fig, path, dpi=120)

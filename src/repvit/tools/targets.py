@@ -27,6 +27,8 @@ class BenchTarget:
     structure: str  # "deployed" or "train"
     build: Callable[[], nn.Module] = field(repr=False)
     published: dict = field(default_factory=dict)
+    img_size: int | None = None  # its own square input (None: the benchmark's)
+    runtimes: tuple[str, ...] | None = None  # the only runtimes it is measured on (None: every one asked)
 
 
 def _ours(name: str, structure: str) -> BenchTarget:
