@@ -65,7 +65,7 @@ def add_commands(commands) -> None:
                    help="also the int8 encoder for ExecuTorch/XNNPACK, with its mask IoU against fp32")
     p.add_argument("--calib", nargs="+", default=None, metavar="IMAGES",
                    help="with --int8: calibration images (files or folders; default: generated shape images)")
-    p.add_argument("--calib-images", type=int, default=8, help="with --int8: how many calibration images (default 8)")
+    p.add_argument("--calib-images", type=int, default=None, help="with --int8: how many calibration images (default 8)")
     p.add_argument("--weights", default="repvit_sam", metavar="SRC",
                    help=f"checkpoint path, URL or {', '.join(SAM_WEIGHTS)} (default)")
     p.add_argument("--out", default="exports", metavar="DIR")
@@ -121,35 +121,32 @@ def cmd_sam_auto(args) -> int:
 
 
 def cmd_sam_export(args) -> int:
+    formats = check_formats(args.format)
     if args.decoder:
-        check_slots(args.decoder_points, check_formats(args.format))  # before any export work
-    if (args.calib or args.calib_images != 8) and not args.int8:
+        check_slots(args.decoder_points, formats)  # before any export work
+    if (args.calib or args.calib_images is not None) and not args.int8:
         raise UserError(f"{param('calib')} and {param('calib_images')} calibrate the int8 encoder: add {param('int8')}")
     sam = create_sam(args.weights, img_size=args.img_size)  # read once, for the encoder and the decoder
-    results = export_sam_encoder(args.weights, args.format, args.out, args.img_size, sam=sam)
+    results = export_sam_encoder(args.weights, formats, args.out, args.img_size, sam=sam)
     for r in results:
         print(f"encoder {r.format}: {r.status}  {r.path or ''}  {r.parity}  {r.detail}")
     print(f"how to feed it: {args.out}/repvit_sam_encoder.json")
     ok = all(r.ok for r in results)
     if args.decoder:
-        info = export_sam_decoder(args.weights, args.out, args.img_size, sam=sam, formats=_formats(results),
+        info = export_sam_decoder(args.weights, args.out, args.img_size, sam=sam, formats=formats,
                                   slots=args.decoder_points)
         for fmt, entry in info["files"].items():
             print(f"decoder {fmt}: {entry['status']}  {entry['path'] or ''}  {entry['parity']}  {entry['detail']}")
             ok &= entry["status"] in ("ok", "skipped")
         print(f"how to feed it: {args.out}/repvit_sam_decoder.json")
     if args.int8:
-        check = export_sam_encoder_int8(args.weights, args.out, args.img_size, sam=sam, calib=args.calib,
-                                        calib_images=args.calib_images)
+        count = {} if args.calib_images is None else {"calib_images": args.calib_images}
+        check = export_sam_encoder_int8(args.weights, args.out, args.img_size, sam=sam, calib=args.calib, **count)
         print(f"encoder executorch int8: {check['path']}  {check['detail']}; against fp32 on {check['images']} "
               f"generated images: mask IoU {check['mask_iou_mean']:.3f} (min {check['mask_iou_min']:.3f}) over "
               f"{check['prompts']} prompts, embedding relative error {check['embedding_rel_error']:.3f}")
     return 0 if ok else 1
 
-
-def _formats(results) -> list[str]:
-    """The formats asked for, aliases resolved (as the encoder's export resolved them)."""
-    return list(dict.fromkeys(r.format for r in results))
 
 
 def _report(result: dict) -> None:

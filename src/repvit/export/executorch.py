@@ -76,7 +76,6 @@ def load_executorch(path: Path, all_outputs: bool = False) -> Callable[..., np.n
     return run
 
 
-
 def xnnpack_quantizer(qat: bool = False):
     """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, int8 activations."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (

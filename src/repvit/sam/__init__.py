@@ -8,14 +8,14 @@ Segmenting Anything", arXiv 2312.05760), on Meta's ``segment-anything`` package
 fused encoder in each runtime)."""
 
 from .model import (
-                    SAM_WEIGHTS,
-                    RepViTSamEncoder,
-                    create_sam,
-                    random_sam,
-                    read_sam_state,
-                    sam_encoder_spec,
-                    sam_neck,
-                    save_sam,
+    SAM_WEIGHTS,
+    RepViTSamEncoder,
+    create_sam,
+    random_sam,
+    read_sam_state,
+    sam_encoder_spec,
+    sam_neck,
+    save_sam,
 )
 
 __all__ = ["create_sam", "random_sam", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "read_sam_state",

@@ -194,17 +194,13 @@ def export_sam_decoder(weights="repvit_sam", out_dir="exports", img_size: int = 
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     embedding = torch.randn(1, EMBED_DIM, grid, grid, generator=generator)
-    prompts = {name: decoder_inputs(embedding, torch.tensor(coords) * img_size, labels,
-                                    torch.randn(1, 1, 4 * grid, 4 * grid, generator=generator) if with_mask else None)
-               for name, (coords, labels, with_mask) in CHECK_PROMPTS.items()}
+    masks = {name: torch.randn(1, 1, 4 * grid, 4 * grid, generator=generator) if with_mask else None
+             for name, (_, _, with_mask) in CHECK_PROMPTS.items()}
     files = {}
     for fmt in formats:
-        fixed = fmt == "litert"
-
-        def padded(inputs):
-            return decoder_inputs(inputs[0], inputs[1][0], inputs[2][0], inputs[3] if inputs[4] else None,
-                                  slots) if fixed else inputs
-
+        prompts = {name: decoder_inputs(embedding, torch.tensor(coords) * img_size, labels, masks[name],
+                                        slots if fmt == "litert" else None)  # LiteRT: fixed point slots
+                   for name, (coords, labels, _) in CHECK_PROMPTS.items()}
         # statuses as the encoder's export: ok (parity checked, or "skipped" where it cannot run), parity
         # failed, export failed, unavailable (a missing package); "skipped" for the encoder-only formats
         entry = files[fmt] = {"path": None, "status": "ok", "detail": "", "parity": "", "checks": {}}
@@ -217,7 +213,7 @@ def export_sam_decoder(weights="repvit_sam", out_dir="exports", img_size: int = 
         path = out / f"{DECODER_NAME}{FORMATS[fmt].suffix}"
         try:
             with torch.no_grad():
-                entry["detail"] = write_decoder(fmt, decoder, padded(prompts["five points"]), path)
+                entry["detail"] = write_decoder(fmt, decoder, prompts["five points"], path)
             entry["path"] = str(path)
         except Exception as err:  # one format failing must not hide the others
             entry.update(status="export failed", detail=first_line(err, with_type=True))
@@ -225,7 +221,6 @@ def export_sam_decoder(weights="repvit_sam", out_dir="exports", img_size: int = 
         try:
             run = load_decoder(fmt, path)
             for name, inputs in prompts.items():
-                inputs = padded(inputs)
                 with torch.no_grad():
                     reference = decoder(*inputs)
                 ours = [torch.from_numpy(np.asarray(o)) for o in run(*inputs)]
