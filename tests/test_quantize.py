@@ -11,25 +11,40 @@ import repvit
 from repvit.cli import main
 from repvit.data import DatasetError, calibration_and_held_out, calibration_images, image_set
 from repvit.export import ExportError, export, quantize_eval
+from repvit.models import RepViTSpec, Variant, registry
 from repvit.train import RunFolderError, load_recipe, train
 from repvit.utils import extras
 
 pytestmark = pytest.mark.quantize
 
+#: RepViT-M0.6's widths with no blocks after the downsampling layers (M0.6 has 1, 1, 8, 1): still every kind
+#: of block (stem, RepViT blocks with and without SE, downsampling layers, head) in 40% of the graph.
+#: Lowering to ExecuTorch, most of this module's time, grows with the graph.
+MODEL = "repvit_m0_6_shallow"
+
 
 @pytest.fixture(scope="module")
-def trained(digits_root, tmp_path_factory):
+def shallow_model():
+    """MODEL in the registry while this module's tests run (the CLI and train() take a registered name)."""
+    variant = Variant(MODEL, RepViTSpec((40, 80, 160, 320), (1, 0, 0, 0)), "RepViT-M0.6, shallow", "v2")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(registry._VARIANTS, MODEL, variant)
+        yield MODEL
+
+
+@pytest.fixture(scope="module")
+def trained(shallow_model, digits_root, tmp_path_factory):
     """A small RepViT trained on the digits for a few epochs: int8 is judged on a real model."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("trained")
-    recipe = load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(out), epochs=3)
+    recipe = load_recipe("digits", model=MODEL, data=str(digits_root), output=str(out), epochs=3)
     result = train(recipe)
     assert result.history[-1]["val_top1"] > 80  # a trained model, not chance
     return result.deployed_best
 
 
 def test_ptq_agrees_with_fp32_on_held_out_images(trained, digits_root, tmp_path):
-    report = quantize_eval("repvit_m0_6", digits_root, weights=trained, img_size=32, crop_pct=1.0,
+    report = quantize_eval(MODEL, digits_root, weights=trained, img_size=32, crop_pct=1.0,
                            calib_images=64, val_images=200, out_dir=tmp_path)
     assert report["val_images"] == 200 and report["calib_images"] == 64
     rows = {(r["runtime"], r["precision"]): r for r in report["rows"]}
@@ -44,20 +59,20 @@ def test_ptq_agrees_with_fp32_on_held_out_images(trained, digits_root, tmp_path)
         assert abs(int8["top1"] - reference) <= 5
     # int8 weights: the artifacts are ~4x smaller than fp32
     for suffix in (".pte", ".onnx"):
-        fp32_size = (tmp_path / f"repvit_m0_6{suffix}").stat().st_size
-        assert (tmp_path / f"repvit_m0_6_int8{suffix}").stat().st_size < fp32_size / 2.5
+        fp32_size = (tmp_path / f"{MODEL}{suffix}").stat().st_size
+        assert (tmp_path / f"{MODEL}_int8{suffix}").stat().st_size < fp32_size / 2.5
 
 
 def test_cli_export_int8(trained, digits_root, tmp_path, capsys):
-    rc = main(["export", "repvit_m0_6", "--weights", str(trained), "--format", "executorch", "coreml", "--int8",
+    rc = main(["export", MODEL, "--weights", str(trained), "--format", "executorch", "coreml", "--int8",
                "--calib", str(digits_root), "--calib-images", "32", "--img-size", "32", "--crop-pct", "1.0",
                "--out", str(tmp_path), "--json"])
     assert rc == 1  # one requested artifact (Core ML int8) could not be made
     executorch, coreml = json.loads(capsys.readouterr().out)
     assert executorch["format"] == "executorch int8" and executorch["status"] == "ok"
     assert "held-out images vs fp32" in executorch["parity"] and "32 calibration images" in executorch["detail"]
-    assert (tmp_path / "repvit_m0_6_int8.pte").is_file()
-    meta = json.loads((tmp_path / "repvit_m0_6_int8.pte.json").read_text())
+    assert (tmp_path / f"{MODEL}_int8.pte").is_file()
+    meta = json.loads((tmp_path / f"{MODEL}_int8.pte.json").read_text())
     assert meta["export"]["format"] == "executorch int8"
     assert coreml["format"] == "coreml int8" and coreml["status"] == "unavailable" and "int8 is available for executorch, onnx" in coreml["detail"]
 
@@ -72,20 +87,20 @@ def test_int8_needs_calibration_images(tmp_path, capsys):
 
 def test_quantize_eval_bad_data(trained, tmp_path, digits_root, capsys):
     (tmp_path / "only" / "a").mkdir(parents=True)
-    assert main(["quantize-eval", "repvit_m0_6", "--weights", str(trained), "--data", str(tmp_path / "only")]) == 2
+    assert main(["quantize-eval", MODEL, "--weights", str(trained), "--data", str(tmp_path / "only")]) == 2
     assert "expected train/ and val/" in capsys.readouterr().err
     with pytest.raises(ValueError, match="int8 is available for executorch, onnx"):
-        quantize_eval("repvit_m0_6", digits_root, weights=trained, formats=("coreml",))
+        quantize_eval(MODEL, digits_root, weights=trained, formats=("coreml",))
     with pytest.raises(DatasetError, match="10 classes, but the model has 3 outputs"):
         quantize_eval(repvit.create_model("repvit_m0_6", num_classes=3), digits_root, img_size=32)
     letters = make_image_tree(tmp_path / "letters", classes=tuple("abcdefghij"), per_class=1)
     with pytest.raises(DatasetError, match="differ from the checkpoint's classes"):
-        quantize_eval("repvit_m0_6", letters, weights=trained, img_size=32)
+        quantize_eval(MODEL, letters, weights=trained, img_size=32)
 
 
 def test_missing_runtime_is_a_row_not_a_crash(monkeypatch, trained, digits_root):
     monkeypatch.setattr(extras, "missing_modules", lambda modules: ["executorch"] if "executorch" in modules else [])
-    report = quantize_eval("repvit_m0_6", digits_root, weights=trained, formats=("executorch",), img_size=32,
+    report = quantize_eval(MODEL, digits_root, weights=trained, formats=("executorch",), img_size=32,
                            calib_images=4, val_images=4)
     assert {r["status"] for r in report["rows"]} == {"unavailable: missing package executorch: pip install 'repvit[export]'"}
     (result,) = export("repvit_m0_6", ["executorch"], img_size=32, int8=True, calib=digits_root, calib_images=4)
@@ -119,7 +134,7 @@ def test_held_out_images_are_never_calibrated_on(tmp_path):
 
 def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, tmp_path, caplog, monkeypatch):
     common = dict(finetune=str(trained), qat=True, epochs=2, warmup_epochs=0, lr=1e-4, model_ema=True)
-    whole = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "a"), **common))
+    whole = train(load_recipe("digits", model=MODEL, data=str(digits_root), output=str(tmp_path / "a"), **common))
     assert whole.deployed_best.name == "model-best-int8.pte" and whole.deployed_best.is_file()
     int8 = json.loads((tmp_path / "a" / "int8.json").read_text())
     assert int8["images"] == 359 and int8["agreement"] >= 95 and int8["top1"] > 80
@@ -128,18 +143,18 @@ def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, 
     assert state["qat"] and state["recipe"]["model_ema"] is False and state["ema"] is None  # turned off by --qat
     assert any("activation_post_process" in k for k in state["state_dict"])
     # interrupted after one epoch, then resumed: the same run
-    first = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"),
+    first = train(load_recipe("digits", model=MODEL, data=str(digits_root), output=str(tmp_path / "b"),
                               stop_after_epochs=1, **common))
     assert first.last_epoch == 1 and not (tmp_path / "b" / "model-best-int8.pte").exists()
     # the same run-folder guarantees as any run: as if killed between checkpoint-last and checkpoint-best
     (tmp_path / "b" / "checkpoint-best.pth").unlink()
     with pytest.raises(RunFolderError, match="holds a run already"):
-        train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"), **common))
+        train(load_recipe("digits", model=MODEL, data=str(digits_root), output=str(tmp_path / "b"), **common))
     monkeypatch.setattr(logging.getLogger("repvit"), "propagate", True)  # the CLI (another test) turns it off
     # the int8 conversion at the end was checked on run "a": skip it here (it is most of a run's time)
     monkeypatch.setattr("repvit.train.classification._export_int8_best", lambda run: None)
     with caplog.at_level(logging.WARNING, logger="repvit"):
-        resumed = train(load_recipe("digits", model="repvit_m0_6", data=str(digits_root), output=str(tmp_path / "b"),
+        resumed = train(load_recipe("digits", model=MODEL, data=str(digits_root), output=str(tmp_path / "b"),
                                     resume="auto", **common))
     assert "repaired: checkpoint-best.pth held nothing, the run's best is epoch 1" in caplog.text
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
@@ -152,7 +167,7 @@ def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, 
         repvit.read_checkpoint(whole.checkpoint_best)
 
 
-def test_qat_needs_a_trained_model_of_these_classes(trained, digits_root, tmp_path, capsys):
+def test_qat_needs_a_trained_model_of_these_classes(digits_root, tmp_path, capsys):
     args = ["train", "--data", str(digits_root), "--config", "digits", "--model", "repvit_m0_6", "--qat",
             "--output", str(tmp_path)]
     assert main(args) == 2

@@ -9,14 +9,16 @@ from rich.table import Table
 
 from ..export import check_formats
 from ..sam import SAM_WEIGHTS, create_sam
+from ..sam.distill import SamDistillRecipe, distill_sam
 from ..sam.export import DECODER_FORMATS, check_slots, export_sam_decoder, export_sam_encoder, export_sam_encoder_int8
 from ..sam.predict import Prompt, auto_sam, parse_box, parse_point, predict_sam
 from ..tools import BenchReport
 from ..tools.plots import plot_sam_latency
 from ..tools.report import fmt
+from ..tools.sam_app import MAX_PIXELS, RUNTIMES, launch_app
 from ..tools.sam_bench import SAM_MODELS, run_sam_bench, sam_markdown, sam_ratios
 from ..utils import UserError, param
-from .common import add_device_argument, console
+from .common import add_device_argument, add_recipe_arguments, console, is_main_process, recipe_from_args
 
 __all__ = ["add_commands"]
 
@@ -28,6 +30,8 @@ _EPILOG = """examples:
   repvit sam bench --threads 1 --json sam1.json                encoder and decoder latency beside the peers
   repvit sam export --format onnx executorch litert coreml --int8 --out exports/
                                           the fused encoder and the prompt decoder, parity-checked in each runtime
+  repvit sam distill --images sa1b/ --teacher vit_h --init repvit_m2_3.dist_450e    distil your own encoder
+  torchrun --nproc_per_node 8 -m repvit sam distill --images sa1b/ --teacher vit_h   ... on 8 GPUs
 weights: a path, an https:// URL or repvit_sam (the release, downloaded once; needs pip install 'repvit[sam]')
 """
 
@@ -94,6 +98,31 @@ def add_commands(commands) -> None:
                    help="earlier --json results (e.g. another thread count) to put beside this one in the table/plot")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sam_bench)
+    _add_distill(actions)
+    _add_app(actions)
+
+
+def _add_distill(actions) -> None:
+    p = actions.add_parser("distill", help="distil RepViT-SAM's encoder from a SAM ViT encoder (MobileSAM's method; "
+                           "torchrun for several GPUs)", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_recipe_arguments(p, SamDistillRecipe, "recipe file (YAML)")
+    aliases = p.add_argument_group("short names")
+    aliases.add_argument("--images", dest="data", default=argparse.SUPPRESS, metavar="DIR", help="same as --data")
+    aliases.add_argument("--init", dest="weights", default=argparse.SUPPRESS, metavar="SRC", help="same as --weights")
+    p.set_defaults(func=cmd_sam_distill)
+
+
+def cmd_sam_distill(args) -> int:
+    result = distill_sam(recipe_from_args(args, SamDistillRecipe, "sam-distill"))
+    if is_main_process():
+        best = result["best"]
+        print(f"best teacher agreement {best.get('teacher_mIoU', 0):.2f} mIoU (points {best.get('point_mIoU', 0):.2f}, "
+              f"boxes {best.get('box_mIoU', 0):.2f}), embedding MSE {best.get('embedding_mse', float('nan')):.4g} at "
+              f"iteration {best.get('iter', 0)}")
+        products = result["products"]
+        print(f"RepViT-SAM: {products['official']} (official layout), {products['fused']} (fused); "
+              f"run folder {result['output']}")
+    return 0
 
 
 def _common(p) -> None:
@@ -196,4 +225,39 @@ def cmd_sam_bench(args) -> int:
         Path(args.markdown).write_text(sam_markdown(reports))
     if args.plot:
         print(f"plot: {plot_sam_latency(reports, args.plot)}")
+    return 0
+
+
+_APP_EPILOG = """examples:
+  repvit sam app                                       http://127.0.0.1:7860, eager PyTorch, the released weights
+  repvit sam app --runtime onnxruntime --export-dir sam_onnx/    exported once, reused on the next launch
+  repvit sam app --weights my_sam.safetensors --port 8080
+needs pip install 'repvit[app]'; the page is served to this machine only unless --host says otherwise
+"""
+
+
+def _add_app(actions) -> None:
+    p = actions.add_parser("app", help="click-to-segment in the browser (Gradio): points, boxes, segment everything, "
+                           "mask downloads", epilog=_APP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="repvit_sam", metavar="SRC",
+                   help=f"checkpoint path, URL or {', '.join(SAM_WEIGHTS)} (default)")
+    p.add_argument("--runtime", default="eager", choices=list(RUNTIMES),
+                   help="where the encoder and decoder run (default eager: PyTorch; the others are exported first)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: the whole network)")
+    p.add_argument("--port", type=int, default=7860, help="default 7860")
+    p.add_argument("--img-size", type=int, default=1024, help="the encoder's square input (1024 as released)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse larger images (default {MAX_PIXELS / 1e6:g} megapixels)")
+    p.add_argument("--export-dir", default=None, metavar="DIR",
+                   help="with --runtime onnxruntime or executorch: where the models are exported, and reused by the "
+                        "next launch with the same weights (default: a temporary folder)")
+    p.add_argument("--points-per-side", type=int, default=16,
+                   help="segment everything: the grid of point prompts (default 16 x 16)")
+    p.set_defaults(func=cmd_sam_app)
+
+
+def cmd_sam_app(args) -> int:
+    launch_app(args.weights, args.runtime, host=args.host, port=args.port, img_size=args.img_size,
+               max_pixels=args.max_pixels, export_dir=args.export_dir, points_per_side=args.points_per_side)
     return 0

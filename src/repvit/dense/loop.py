@@ -31,7 +31,7 @@ from ..data import ResumeSampler, ShardSampler
 from ..models import RepViTFeatures
 from ..reparam import reparameterize
 from ..train import ProcessContext, Recipe, option, read_run_checkpoint, setup_process
-from ..train.checkpoint import BEST, LAST, write_metrics
+from ..train.checkpoint import BEST, LAST, run_command, write_metrics
 from ..train.process import derive_seed, end_process, seed_everything, sync_buffers, wrap_ddp
 from ..train.recipe import OVERWRITE_HELP, RESUME_HELP
 from ..train.run_folder import RunFolder, best_files, open_run_folder, prepare_run, repair_best_files
@@ -78,8 +78,9 @@ class DenseRecipe(Recipe):
 
 
 class DenseTask(Protocol):
-    name: str  # "segment" or "detect"
+    name: str  # "segment", "detect" or "sam-distill": the checkpoint kind (see train.checkpoint.run_command)
     key_metric: str  # what "best" means, e.g. "mIoU" or "bbox_AP"
+    # optional: products, the file names a task writes into the run folder besides the loop's own
 
     def build_model(self, recipe) -> nn.Module: ...
     def datasets(self, recipe) -> tuple: ...  # (train, val, class_names)
@@ -155,11 +156,12 @@ def train_dense(task: DenseTask, recipe) -> dict:
     """Run ``task`` as ``recipe`` says; returns the best metrics and where things were written."""
     recipe = recipe.validate()
     if recipe.data is None:
-        raise UserError(f"{param('data')} is required (repvit {task.name} train --help shows the layout)")
+        raise UserError(f"{param('data')} is required ({run_command(task.name)} --help shows the layout)")
     recipe, resume = prepare_run(recipe, tuple(k for k in _PATH_KEYS if hasattr(recipe, k)))
     ctx = setup_process(recipe.device)
     try:
-        with open_run_folder(recipe, resume, f"repvit {task.name} train", (DEPLOYED_BEST,), ctx) as run_folder:
+        products = (DEPLOYED_BEST, *getattr(task, "products", ()))  # what else a task writes into the run folder
+        with open_run_folder(recipe, resume, run_command(task.name), products, ctx) as run_folder:
             run = _setup(task, recipe, ctx, resume, run_folder)
             _train_iterations(run)
         if ctx.distributed:
@@ -194,9 +196,10 @@ def _setup(task: DenseTask, recipe: DenseRecipe, ctx: ProcessContext, resume: Pa
     if ctx.is_main:
         recipe.save(run.output / "recipe.yaml")
         write_metrics(run.output, run.history, append=False)
-        log.info("%s: %s backbone, %d classes, %d train / %d val images, %d process(es) x batch %d, "
-                 "%d iterations (%d per epoch), %s", task.name, recipe.model, len(class_names), len(train_set),
-                 len(val_set), ctx.world_size, recipe.batch_size, run.total, iters_per_epoch, ctx.device)
+        classes = f", {len(class_names)} classes" if class_names else ""  # (distillation has none)
+        log.info("%s: %s backbone%s, %d train / %d val images, %d process(es) x batch %d, %d iterations (%d per "
+                 "epoch), %s", task.name, recipe.model, classes, len(train_set), len(val_set), ctx.world_size,
+                 recipe.batch_size, run.total, iters_per_epoch, ctx.device)
     return run
 
 
@@ -316,7 +319,7 @@ def _evaluate(run: _DenseRun, val_loader: DataLoader) -> bool:
         run.best = {key: metrics[key], "iter": run.it, **metrics}
     if run.ctx.is_main:
         write_metrics(run.output, [run.history[-1]])
-        log.info("iter %d  %s  (best %s %.2f @ %d)", run.it, "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()
+        log.info("iter %d  %s  (best %s %.2f @ %d)", run.it, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                  if isinstance(v, float)), key, run.best[key], run.best["iter"])
     return is_best
 

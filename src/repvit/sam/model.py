@@ -24,10 +24,18 @@ from ..models import RepViTFeatures, get_variant
 from ..reparam import reparameterize
 from ..specs import NetSpec, as_net
 from ..utils import UserError, missing_extra, param
-from ..weights import CheckpointError, atomic_write, convert_state_dict, first_mismatch, read_state_dict, resolve_source
+from ..weights import (
+    CheckpointError,
+    atomic_write,
+    convert_state_dict,
+    first_mismatch,
+    read_state_dict,
+    resolve_source,
+    to_official,
+)
 
-__all__ = ["SAM_WEIGHTS", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "create_sam", "random_sam",
-           "read_sam_state", "save_sam"]
+__all__ = ["SAM_WEIGHTS", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "assemble_sam", "create_sam",
+           "random_sam", "read_sam_state", "save_sam", "official_sam_state"]
 
 #: Released RepViT-SAM weights by name (THU-MIG/RepViT, GitHub release v1.0).
 SAM_WEIGHTS = {"repvit_sam": "https://github.com/THU-MIG/RepViT/releases/download/v1.0/repvit_sam.pt"}
@@ -75,6 +83,27 @@ class RepViTSamEncoder(nn.Module):
         return self.body.deployed
 
 
+def assemble_sam(image_encoder: nn.Module, img_size: int = 1024) -> nn.Module:
+    """A ``segment_anything.modeling.Sam`` around ``image_encoder`` (which gives the 256 x S/16 x S/16
+    embedding): SAM's prompt encoder and mask decoder as SAM's builder configures them, at the square
+    input ``img_size``. Serves RepViT-SAM and the distillation teachers (SAM's ViT encoders)."""
+    try:
+        from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    except ImportError:
+        raise UserError(missing_extra(["segment_anything"], "sam") or "segment_anything does not import") from None
+    grid = img_size // PATCH
+    return Sam(
+        image_encoder=image_encoder,
+        prompt_encoder=PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(grid, grid),
+                                     input_image_size=(img_size, img_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
+            depth=2, embedding_dim=EMBED_DIM, mlp_dim=2048, num_heads=8), transformer_dim=EMBED_DIM,
+            iou_head_depth=3, iou_head_hidden_dim=256),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
 def create_sam(weights=None, *, deploy: bool = False, img_size: int = 1024) -> nn.Module:
     """A ``segment_anything.modeling.Sam`` with the RepViT-SAM encoder, in eval mode.
 
@@ -84,23 +113,9 @@ def create_sam(weights=None, *, deploy: bool = False, img_size: int = 1024) -> n
     always gives a fused model. ``img_size``: the square input (1024 as released; smaller ones give
     a proportionally smaller embedding, for tests and experiments).
     """
-    try:
-        from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-    except ImportError:
-        raise UserError(missing_extra(["segment_anything"], "sam") or "segment_anything does not import") from None
     if img_size % PATCH or img_size < 2 * PATCH:
         raise ValueError(f"{param('img_size')} must be a multiple of {PATCH} (at least {2 * PATCH}), got {img_size}")
-    grid = img_size // PATCH
-    sam = Sam(
-        image_encoder=RepViTSamEncoder(img_size=img_size),
-        prompt_encoder=PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(grid, grid),
-                                     input_image_size=(img_size, img_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
-            depth=2, embedding_dim=EMBED_DIM, mlp_dim=2048, num_heads=8), transformer_dim=EMBED_DIM,
-            iou_head_depth=3, iou_head_hidden_dim=256),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
+    sam = assemble_sam(RepViTSamEncoder(img_size=img_size), img_size)
     if weights is not None:
         state, fused, path = read_sam_state(weights)
         if fused:
@@ -142,6 +157,18 @@ def read_sam_state(source) -> tuple[dict, bool, Path]:
         raise CheckpointError(f"{path}: not a RepViT-SAM checkpoint (no image_encoder.features.* or "
                               "image_encoder.body.* weights)")
     return state, _BODY + "stem.conv1.weight" in state, path
+
+
+def official_sam_state(sam: nn.Module) -> dict:
+    """``sam``'s weights (training-structure encoder) in the layout of the released ``repvit_sam.pt``:
+    the encoder's rows as the official flat ``image_encoder.features.N`` list."""
+    if sam.image_encoder.deployed:
+        raise ValueError("the official layout holds the training structure: give the model before reparameterize()")
+    state = sam.state_dict()
+    body = to_official({k[len(_BODY):]: v for k, v in state.items() if k.startswith(_BODY)})
+    out = {_ENCODER + k: v for k, v in body.items()}
+    out.update({k: v for k, v in state.items() if not k.startswith(_BODY)})
+    return out
 
 
 def save_sam(sam: nn.Module, path) -> Path:

@@ -44,13 +44,21 @@ def resume_path(resume: str | None, output) -> Path | None:
     return locate_run(output, resume)[1]
 
 
+#: The command that writes each kind of run checkpoint, where it is not ``repvit <kind> train``.
+_COMMANDS = {"train": "repvit train", "sam-distill": "repvit sam distill"}
+
+
+def run_command(kind: str) -> str:
+    """The command line that trains runs of ``kind`` (as checkpoints name it: "train", "segment", ...)."""
+    return _COMMANDS.get(kind, f"repvit {kind} train")
+
+
 def read_run_checkpoint(path, kind: str, argument: str | None = None) -> dict:
     """A checkpoint written by ``repvit <kind> train``; ``argument`` names the parameter it came from."""
     label = f"{param(argument)} {path}" if argument else str(path)
     state = load_torch_file(path, label=label)
     if not isinstance(state, dict) or state.get("format") != f"repvit-{kind}":
-        command = "repvit train" if kind == "train" else f"repvit {kind} train"
-        raise CheckpointError(f"{label}: not a checkpoint of `{command}`")
+        raise CheckpointError(f"{label}: not a checkpoint of `{run_command(kind)}`")
     return state
 
 

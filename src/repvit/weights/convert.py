@@ -9,7 +9,7 @@ import torch
 
 from .files import CheckpointError
 
-__all__ = ["convert_state_dict", "strip_wrappers", "legacy_to_current"]
+__all__ = ["convert_state_dict", "to_official", "strip_wrappers", "legacy_to_current"]
 
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -120,6 +120,66 @@ def convert_state_dict(state: dict) -> tuple[dict, str]:
     # timm's features_only wrapper flattens "stages.N" into "stages_N".
     renamed = {_rename_segments(re.sub(r"^stages_(\d+)\.", r"stages.\1.", k)): v for k, v in state.items()}
     return renamed, ("repvit" if list(renamed) == list(state) else "timm")
+
+
+_STAGE_ROW = re.compile(r"stages\.(\d+)\.(?:blocks\.(\d+)\.|downsample\.(pre_block\.)?)")
+_OFFICIAL_SUBMODULE = {"conv": "c", "linear": "l"}  # the official Conv2d_BN's conv, BN_Linear's linear
+
+
+def _invert_table(sub: str, table, key: str) -> str:
+    """The official sub-key of ``sub`` (this package's names) for a row of the kind ``table`` maps."""
+    matches = [(new, old) for old, new in table if sub.startswith(new)]
+    if not matches:
+        raise CheckpointError(f"{key!r} has no name in the official RepViT layout")
+    new, old = max(matches, key=lambda match: len(match[0]))  # "token_mixer.bn." before "token_mixer."
+    rest = sub[len(new):].split(".")
+    rest[0] = _OFFICIAL_SUBMODULE.get(rest[0], rest[0]) if len(rest) > 1 else rest[0]
+    return old + ".".join(rest)
+
+
+def to_official(state: dict) -> dict:
+    """A state dict in this package's names (``stem.``, ``stages.``, ``head.``; training or
+    reparameterized structure) renamed to the official flat layout (``features.N.``,
+    ``classifier.``): the inverse of :func:`convert_state_dict` on official checkpoints, checked by
+    converting the result back."""
+    stages: dict[int, dict] = {}
+    for key in state:
+        match = _STAGE_ROW.match(key)
+        if match:
+            stage = stages.setdefault(int(match.group(1)), {"blocks": 0, "downsample": False, "pre_block": False})
+            if match.group(2) is not None:
+                stage["blocks"] = max(stage["blocks"], int(match.group(2)) + 1)
+            else:
+                stage["downsample"] = True
+                stage["pre_block"] |= match.group(3) is not None
+    rows, row = {}, 1  # our prefix -> (official row, the row kind's table); row 0 is the stem
+    for index in sorted(stages):
+        stage = stages[index]
+        if stage["pre_block"]:
+            rows[f"stages.{index}.downsample.pre_block."], row = (row, _OFFICIAL_BLOCK), row + 1
+        if stage["downsample"]:
+            rows[f"stages.{index}.downsample."], row = (row, _OFFICIAL_DOWN), row + 1
+        for block in range(stage["blocks"]):
+            rows[f"stages.{index}.blocks.{block}."], row = (row, _OFFICIAL_BLOCK), row + 1
+    renamed = []  # (official row, official key, our key), rows in the official order
+    for key in state:
+        if key.startswith("stem."):
+            renamed.append((0, "features.0." + _invert_table(key, _OFFICIAL_STEM, key), key))
+        elif key.startswith("head."):
+            renamed.append((row, _invert_table(key, _OFFICIAL_HEAD, key), key))
+        else:
+            prefix = max((p for p in rows if key.startswith(p)), key=len, default=None)
+            if prefix is None:
+                raise CheckpointError(f"{key!r} has no name in the official RepViT layout")
+            number, table = rows[prefix]
+            renamed.append((number, f"features.{number}." + _invert_table(key[len(prefix):], table, key), key))
+    renamed.sort(key=lambda item: item[0])  # stable: each row keeps its keys' order
+    out = {official: state[ours] for _, official, ours in renamed}
+    back, _ = convert_state_dict(out)
+    for (_, official, ours), converted in zip(renamed, back):
+        if ours != converted:
+            raise CheckpointError(f"{ours!r}: its official name {official!r} does not convert back ({converted!r})")
+    return out
 
 
 def legacy_to_current(state: dict, eps: float = 1e-5) -> dict:

@@ -138,18 +138,18 @@ def _short_reason(err: Exception) -> str:
     return first_line(detail.group(1) if detail else err, limit=None).split(". ")[0][:200] or type(err).__name__
 
 
-def load_torch_file(path, *, label: str | None = None) -> object:
+def load_torch_file(path, *, label: str | None = None, mmap: bool = False) -> object:
     """``torch.load`` with ``weights_only`` (tensors and plain containers; official checkpoints'
     pickled ``argparse.Namespace`` of arguments is allowed too), as a :class:`CheckpointError`
     when the file is missing, unreadable or holds other Python objects. Errors start with ``label``
-    (default: the path)."""
+    (default: the path). ``mmap``: tensors stay on disk until read (large files read in parts)."""
     path = Path(path)
     label = label or str(path)
     if not path.is_file():
         raise CheckpointError(f"{label}: no such checkpoint")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, bad header, EOF, ...: all mean "not a readable file"
         blocked = re.search(r"unsupported GLOBAL (\S+) whose module \S+ is blocked", str(err))
         if isinstance(err, pickle.UnpicklingError) and blocked:  # os.system, subprocess, ...: never data

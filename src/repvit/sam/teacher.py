@@ -1,0 +1,292 @@
+"""Distillation teachers (SAM's ViT image encoders) and the on-disk cache of their embeddings.
+
+RepViT-SAM is distilled as MobileSAM was: the student encoder learns to reproduce the image
+embedding of a SAM ViT encoder; the prompt encoder and mask decoder are the teacher's, unchanged.
+The teacher is by far the slowest part (ViT-H: ~3 TFLOPs per 1024 px image), and its output does
+not change between epochs or runs, so every image's embedding is computed once and kept:
+
+- in shards of ``shard_size`` images (fp16, ``torch.save``; read back memory-mapped, a row at a
+  time), written atomically, so a killed build keeps what it finished and the next one (or a
+  resumed run) computes only the missing shards;
+- in a folder keyed by the teacher (kind and a SHA-256 of its weights) and the input size, and
+  shards named by their images (name, size, modification time): later runs on the same images
+  reuse them, and an edited or added image recomputes only its shard;
+- under torchrun, each process computes its share of the missing shards and waits on the files
+  (not on a collective, whose timeout a long build would exceed).
+
+Images are prepared exactly as SAM's predictor does (:func:`sam_input`: longest side resized to
+the input size, normalised, zero-padded to a square), for the teacher and the student alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import image_files, load_image
+from ..utils import UserError, param
+from ..weights import CheckpointError, atomic_save, atomic_write, load_torch_file, resolve_source
+from ..weights.convert import strip_wrappers
+from ..weights.files import sha256_of
+from .model import PATCH, assemble_sam
+
+__all__ = ["TEACHERS", "TEACHER_WEIGHTS", "build_teacher", "random_teacher", "read_teacher_state", "sam_input",
+           "TeacherCache", "teacher_cache", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """An ``ImageEncoderViT`` configuration (segment_anything's ``build_sam_vit_*``)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    window_size: int = 14
+
+
+#: SAM's ViT image encoders, and ``vit_tiny``: the same class at two blocks of width 64 (a teacher
+#: for tests and quick experiments, with weights the user saved; it is nobody's release).
+TEACHERS = {
+    "vit_h": ViTConfig(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": ViTConfig(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": ViTConfig(768, 12, 12, (2, 5, 8, 11)),
+    "vit_tiny": ViTConfig(64, 2, 2, (1,), window_size=4),
+}
+#: Meta's released SAM checkpoints (downloaded when asked, into the torch hub cache).
+TEACHER_WEIGHTS = {
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+}
+_PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+_PIXEL_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+_CACHE_FORMAT = 1
+_DECODER = "decoder.pt"  # the teacher's prompt encoder and mask decoder, beside its embeddings
+
+
+def _check_kind(kind: str) -> ViTConfig:
+    if kind not in TEACHERS:
+        raise UserError(f"{param('teacher')} {kind!r}: expected one of {', '.join(TEACHERS)}")
+    return TEACHERS[kind]
+
+
+def _teacher_model(kind: str, img_size: int) -> nn.Module:
+    from segment_anything.modeling import ImageEncoderViT
+
+    config = _check_kind(kind)
+    encoder = ImageEncoderViT(img_size=img_size, patch_size=PATCH, embed_dim=config.embed_dim, depth=config.depth,
+                              num_heads=config.num_heads, mlp_ratio=4, out_chans=256, qkv_bias=True,
+                              norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+                              global_attn_indexes=config.global_attn_indexes, window_size=config.window_size)
+    return assemble_sam(encoder, img_size)
+
+
+def random_teacher(kind: str = "vit_tiny", img_size: int = 1024, seed: int = 0) -> nn.Module:
+    """A teacher SAM with random weights (fixed ``seed``), for tests and the distillation benchmark."""
+    torch.manual_seed(seed)
+    return _teacher_model(kind, img_size).eval()
+
+
+def read_teacher_state(kind: str, weights=None) -> tuple[dict, Path]:
+    """``(state dict, file)`` of a SAM checkpoint (``image_encoder.*``, ``prompt_encoder.*``,
+    ``mask_decoder.*``): a path, an https:// URL, or by default Meta's release for ``kind``."""
+    _check_kind(kind)
+    if weights is None:
+        if kind not in TEACHER_WEIGHTS:
+            raise UserError(f"{param('teacher_weights')} is required for {param('teacher')} {kind} (it has no release)")
+        weights = TEACHER_WEIGHTS[kind]
+    path = resolve_source(weights)
+    state = load_torch_file(path, label=f"{param('teacher_weights')} {path}")
+    if isinstance(state, dict):
+        state = state.get("model", state.get("state_dict", state))
+    if not isinstance(state, dict) or not any(str(k).startswith("image_encoder.") for k in state):
+        raise CheckpointError(f"{param('teacher_weights')} {path}: not a SAM checkpoint (no image_encoder.* weights)")
+    return strip_wrappers(state), path
+
+
+def _fit_positions(state: dict, expected: dict) -> dict:
+    """A checkpoint's absolute and relative position tables resized to this input size (SAM is
+    released at 1024 px; a smaller ``img_size`` needs a smaller grid): bicubic for the 2-D
+    embedding, linear for the global-attention blocks' relative positions."""
+    out = dict(state)
+    for key, target in expected.items():
+        value = state.get(key)
+        if value is None or value.shape == target.shape:
+            continue
+        if key.endswith("pos_embed") and value.dim() == 4:  # (1, H, W, C)
+            resized = F.interpolate(value.permute(0, 3, 1, 2).float(), size=target.shape[1:3], mode="bicubic",
+                                    align_corners=False)
+            out[key] = resized.permute(0, 2, 3, 1).to(value.dtype)
+        elif ".rel_pos_" in key and value.dim() == 2:  # (2 * size - 1, head_dim)
+            resized = F.interpolate(value.T[None].float(), size=target.shape[0], mode="linear", align_corners=False)
+            out[key] = resized[0].T.to(value.dtype)
+    return out
+
+
+def build_teacher(kind: str, weights=None, img_size: int = 1024) -> nn.Module:
+    """The teacher SAM (``segment_anything.modeling.Sam``, eval mode) of ``kind`` with ``weights``
+    (see :func:`read_teacher_state`), at the square input ``img_size``."""
+    sam = _teacher_model(kind, img_size)
+    state, path = read_teacher_state(kind, weights)
+    expected = sam.state_dict()
+    state = _fit_positions(state, expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        first = (missing and f"missing {missing[0]}") or (unexpected and f"unexpected {unexpected[0]}") or \
+            f"{wrong[0]}: {tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)}"
+        raise CheckpointError(f"{param('teacher_weights')} {path}: not SAM {kind} weights ({first})")
+    sam.load_state_dict(state)
+    return sam.eval()
+
+
+def sam_input(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An RGB image (H, W, 3, uint8) as SAM's encoders take it: the longest side resized to
+    ``img_size`` (SAM's ``ResizeLongestSide``), normalised, zero-padded to (3, img_size, img_size).
+    Returns the tensor and the resized image's (height, width) inside it."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    resized = ResizeLongestSide(img_size).apply_image(image)
+    h, w = resized.shape[:2]
+    pixels = (torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() - _PIXEL_MEAN) / _PIXEL_STD
+    return F.pad(pixels, (0, img_size - w, 0, img_size - h)), (h, w)
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/repvit/sam-teacher`` (``~/.cache/...`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repvit" / "sam-teacher"
+
+
+class TeacherCache:
+    """The teacher embeddings of a list of images, in shards (see the module docstring)."""
+
+    def __init__(self, folder: Path, files: list[Path], shard_size: int):
+        self.folder, self.files, self.shard_size = Path(folder), list(files), shard_size
+        self.shard_paths = [self.folder / f"shard-{self._digest(i)}.pt" for i in range(self.shards)]
+        self._open: dict[int, dict] = {}  # shards read so far (memory-mapped: rows are read on use)
+
+    @property
+    def shards(self) -> int:
+        return -(-len(self.files) // self.shard_size)
+
+    def members(self, shard: int) -> list[Path]:
+        return self.files[shard * self.shard_size:(shard + 1) * self.shard_size]
+
+    def _digest(self, shard: int) -> str:
+        stamps = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in self.members(shard)]
+        return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
+
+    def missing(self) -> list[int]:
+        return [i for i, path in enumerate(self.shard_paths) if not path.is_file()]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _shard(self, shard: int) -> dict:
+        if shard not in self._open:
+            if len(self._open) >= 4:  # a DataLoader worker reads shards roughly in turn: keep a few
+                self._open.pop(next(iter(self._open)))
+            self._open[shard] = load_torch_file(self.shard_paths[shard], mmap=True)
+        return self._open[shard]
+
+    def embedding(self, index: int) -> torch.Tensor:
+        """The teacher's embedding of image ``index`` (256, S/16, S/16), fp16."""
+        return self._shard(index // self.shard_size)["embeddings"][index % self.shard_size]
+
+    def size(self, index: int) -> tuple[int, int]:
+        """(height, width) of image ``index`` inside the padded input."""
+        h, w = self._shard(index // self.shard_size)["sizes"][index % self.shard_size].tolist()
+        return int(h), int(w)
+
+    def decoder_state(self) -> dict:
+        """The teacher's prompt encoder and mask decoder weights."""
+        return load_torch_file(self.folder / _DECODER)
+
+    def __getstate__(self):  # DataLoader workers open their own memory maps
+        return {**self.__dict__, "_open": {}}
+
+
+def teacher_cache(images, kind: str, weights=None, img_size: int = 1024, cache_dir=None, shard_size: int = 64,
+                  batch_size: int = 4, device: torch.device | str = "cpu") -> TeacherCache:
+    """The teacher embeddings of the images in ``images`` (folders or files), computed where missing.
+
+    Under torchrun (a process group initialised) each process computes every ``world_size``-th
+    missing shard, then waits until all are on disk. Returns the cache, ready to read.
+    """
+    files = image_files(images if isinstance(images, (list, tuple)) else [images])
+    if not files:
+        raise UserError(f"{param('data')} {images}: no images")
+    state, path = read_teacher_state(kind, weights)
+    key = {"format": _CACHE_FORMAT, "teacher": kind, "weights_sha256": sha256_of(path), "img_size": img_size}
+    folder = Path(cache_dir or default_cache_dir()) / f"{kind}-{img_size}px-{_key_digest(key)}"
+    cache = TeacherCache(folder, files, shard_size)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and not (folder / _DECODER).is_file():
+        atomic_write(folder / "cache.json", lambda tmp: tmp.write_text(json.dumps({**key, "weights": str(path)})))
+        atomic_save({k: v for k, v in state.items() if not k.startswith("image_encoder.")}, folder / _DECODER)
+    missing = [cache.missing()]
+    if world > 1:  # one snapshot for all: shards written meanwhile must not shift the shares
+        dist.broadcast_object_list(missing, src=0)
+    missing = missing[0]
+    mine = missing[rank::world]
+    if rank == 0:
+        log.info("teacher embeddings (%s, %d px) in %s: %d of %d shards cached, %d to compute%s", kind, img_size,
+                 folder, cache.shards - len(missing), cache.shards, len(missing),
+                 f" ({world} processes)" if world > 1 and missing else "")
+    if mine:
+        _compute_shards(cache, mine, kind, state, img_size, batch_size, torch.device(device))
+    del state
+    _wait_for(cache, [folder / _DECODER] + [cache.shard_paths[i] for i in missing])
+    return cache
+
+
+def _key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@torch.no_grad()
+def _compute_shards(cache: TeacherCache, shards: list[int], kind: str, state: dict, img_size: int,
+                    batch_size: int, device: torch.device) -> None:
+    teacher = _teacher_model(kind, img_size)
+    teacher.load_state_dict(_fit_positions(state, teacher.state_dict()))
+    encoder = teacher.image_encoder.eval().to(device)
+    for done, shard in enumerate(shards, 1):
+        embeddings, sizes = [], []
+        members = cache.members(shard)
+        for start in range(0, len(members), batch_size):
+            batch = [sam_input(np.asarray(load_image(f)), img_size) for f in members[start:start + batch_size]]
+            embeddings.append(encoder(torch.stack([x for x, _ in batch]).to(device)).half().cpu())
+            sizes += [hw for _, hw in batch]
+        atomic_save({"format": _CACHE_FORMAT, "files": [f.name for f in members], "sizes": torch.tensor(sizes),
+                     "embeddings": torch.cat(embeddings)}, cache.shard_paths[shard])
+        log.info("teacher embeddings: shard %d of %d done (%d image(s))", done, len(shards), len(members))
+
+
+def _wait_for(cache: TeacherCache, paths: list[Path], poll_s: float = 1.0) -> None:
+    """Until every path exists (the other processes' shards); says every minute what it waits for."""
+    last_said = time.monotonic()
+    while True:
+        absent = [p for p in paths if not p.is_file()]
+        if not absent:
+            return
+        if time.monotonic() - last_said > 60:
+            log.info("waiting for %d teacher shard(s) other processes compute (%s)", len(absent), cache.folder)
+            last_said = time.monotonic()
+        time.sleep(poll_s)
