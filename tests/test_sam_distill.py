@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 import torch
 from reference_official import OfficialSamEncoder
+from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT
-from torch import nn
 
 from repvit import create_model
+from repvit.cli import main
 from repvit.data import shapes_scene
 from repvit.reparam import reparameterize
 from repvit.sam import create_sam
-from repvit.sam.distill import agreement_prompts, held_out_split, teacher_agreement
-from repvit.sam.model import assemble_sam
-from repvit.sam.teacher import random_teacher, teacher_cache
-from repvit.weights import convert_state_dict, to_official
+from repvit.sam.distill import agreement_prompts, held_out_split, image_key, prompt_masks, teacher_agreement
+from repvit.sam.teacher import build_teacher, random_teacher, teacher_cache
+from repvit.utils import UserError
+from repvit.weights import CheckpointError, convert_state_dict, to_official
 
 pytestmark = pytest.mark.sam
 
@@ -97,7 +98,7 @@ def test_teacher_cache_builds_reuses_and_resumes_after_a_kill(images, tmp_path, 
     assert {p: p.stat().st_mtime_ns for p in shards} == written
     with torch.no_grad():  # what the teacher gives for image 7, computed here directly
         from repvit.data import load_image
-        from repvit.sam.teacher import sam_input
+        from repvit.sam.model import sam_input
 
         pixels, size = sam_input(np.asarray(load_image(cache.files[7])), SIZE)
         expected = teacher.image_encoder(pixels[None])[0]
@@ -115,20 +116,58 @@ def test_teacher_cache_builds_reuses_and_resumes_after_a_kill(images, tmp_path, 
         (folder / "img99.png").unlink()
 
 
+def test_missing_images_and_another_teachers_weights_are_one_line_errors(images, tmp_path, capsys):
+    folder, weights, _ = images
+    code = main(["sam", "distill", "--images", str(tmp_path / "nowhere"), "--teacher", "vit_tiny", "--teacher-weights",
+                 str(weights), "--teacher-cache", str(tmp_path / "cache"), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--data" in err and "nowhere: no such folder or image" in err and len(err.splitlines()) == 1
+    with pytest.raises(CheckpointError, match=r"not SAM vit_b weights \(.*\); its width is vit_tiny's"):
+        teacher_cache(folder, "vit_b", weights, SIZE, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # refused before anything was written
+
+
 def test_teacher_agreement_has_known_answers():
     torch.manual_seed(0)
-    sam = assemble_sam(nn.Identity(), SIZE).eval()
+    sam = create_sam(img_size=SIZE)
     embedding = torch.randn(256, SIZE // 16, SIZE // 16)
-    size = (SIZE, 48)  # a landscape image resized into the square input: prompts stay inside it
-    points, boxes = agreement_prompts(3, size, 4)
-    assert torch.equal(points, agreement_prompts(3, size, 4)[0])  # the same prompts at every evaluation
-    assert not torch.equal(points, agreement_prompts(4, size, 4)[0])
+    size = (SIZE, 48)  # a portrait image resized into the square input: prompts stay inside it
+    points, boxes = agreement_prompts(image_key("a.jpg"), size, 4)
+    assert torch.equal(points, agreement_prompts(image_key("dir/a.jpg"), size, 4)[0])  # by name, every time
+    assert not torch.equal(points, agreement_prompts(image_key("b.jpg"), size, 4)[0])
     assert (points[:, 0] < 48).all() and (points[:, 1] < SIZE).all() and (boxes[:, 2] <= 48).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    # the masks are SamPredictor's for the same embedding and prompts (best of three for a point)
+    predictor = SamPredictor(sam)
+    predictor.features, predictor.input_size, predictor.original_size = embedding[None], size, size
+    predictor.is_image_set = True
+    masks, scores, _ = predictor.predict_torch(points[:, None], torch.ones(4, 1), multimask_output=True)
+    expected = masks[torch.arange(4), scores.argmax(1)]
+    ours = prompt_masks(sam, embedding, size, points=points)
+    assert torch.equal(ours, expected) and ours.flatten(1).any(1).all() and not ours.flatten(1).all(1).any()
+    masks, _, _ = predictor.predict_torch(None, None, boxes=boxes, multimask_output=False)
+    assert torch.equal(prompt_masks(sam, embedding, size, boxes=boxes), masks[:, 0])
     same = teacher_agreement(sam, embedding, embedding.clone(), size, points, boxes)
     assert same == {"point": [1.0] * 4, "box": [1.0] * 4}  # student = teacher: mIoU 100
     other = teacher_agreement(sam, -embedding, embedding, size, points, boxes)
     assert min(other["point"] + other["box"]) < 0.9
+
+
+def test_a_teacher_released_at_another_size_loads_with_resized_positions(images, tmp_path):
+    _, weights, teacher = images  # saved at 64 px: a 4x4 grid; loaded at 128 px: 8x8
+    larger = build_teacher("vit_tiny", weights, img_size=2 * SIZE)
+    grid = 2 * SIZE // 16
+    assert larger.image_encoder.pos_embed.shape == (1, grid, grid, 64)
+    assert larger.image_encoder.blocks[1].attn.rel_pos_h.shape[0] == 2 * grid - 1  # the global-attention block
+    same = {k: v for k, v in teacher.state_dict().items() if "pos" not in k}
+    assert all(torch.equal(larger.state_dict()[k], v) for k, v in same.items())
+    with torch.no_grad():
+        assert larger.image_encoder(torch.randn(1, 3, 2 * SIZE, 2 * SIZE)).shape == (1, 256, grid, grid)
+    torch.save({"model": {"image_encoder.patch_embed.proj.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth: not SAM vit_tiny weights \(missing "):
+        build_teacher("vit_tiny", tmp_path / "other.pth", img_size=SIZE)
+    with pytest.raises(UserError, match=r"teacher.weights is required for (--)?teacher vit_tiny"):
+        build_teacher("vit_tiny", None, img_size=SIZE)
 
 
 def test_held_out_split_is_stable_and_never_empty(tmp_path):

@@ -104,7 +104,8 @@ def add_commands(commands) -> None:
 
 def _add_distill(actions) -> None:
     p = actions.add_parser("distill", help="distil RepViT-SAM's encoder from a SAM ViT encoder (MobileSAM's method; "
-                           "torchrun for several GPUs)", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                           "torchrun for several GPUs)", epilog=_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_recipe_arguments(p, SamDistillRecipe, "recipe file (YAML)")
     aliases = p.add_argument_group("short names")
     aliases.add_argument("--images", dest="data", default=argparse.SUPPRESS, metavar="DIR", help="same as --data")
@@ -120,8 +121,12 @@ def cmd_sam_distill(args) -> int:
               f"boxes {best.get('box_mIoU', 0):.2f}), embedding MSE {best.get('embedding_mse', float('nan')):.4g} at "
               f"iteration {best.get('iter', 0)}")
         products = result["products"]
-        print(f"RepViT-SAM: {products['official']} (official layout), {products['fused']} (fused); "
-              f"run folder {result['output']}")
+        if products:
+            print(f"RepViT-SAM: {products['official']} (official layout), {products['fused']} (fused); "
+                  f"run folder {result['output']}")
+        else:
+            print(f"stopped at iteration {result['iter']} of {result['total']}: continue with `repvit sam distill "
+                  f"--resume {result['output']}/checkpoint-last.pth`")
     return 0
 
 

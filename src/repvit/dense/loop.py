@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 DEPLOYED_BEST = "model-best-deployed.pth"
 #: Recipe fields that may name local files or folders (made absolute in the run's recipe.yaml).
-_PATH_KEYS = ("data", "weights", "train_ann", "train_images", "val_ann", "val_images")
+_PATH_KEYS = ("data", "weights", "train_ann", "train_images", "val_ann", "val_images", "teacher_weights")
 
 
 @dataclass
@@ -80,7 +80,8 @@ class DenseRecipe(Recipe):
 class DenseTask(Protocol):
     name: str  # "segment", "detect" or "sam-distill": the checkpoint kind (see train.checkpoint.run_command)
     key_metric: str  # what "best" means, e.g. "mIoU" or "bbox_AP"
-    # optional: products, the file names a task writes into the run folder besides the loop's own
+    # optional: products, the file names a task writes into the run folder besides the loop's own, and
+    # finish(recipe, output): writes them, in the main process, once the last iteration is saved
 
     def build_model(self, recipe) -> nn.Module: ...
     def datasets(self, recipe) -> tuple: ...  # (train, val, class_names)
@@ -164,10 +165,14 @@ def train_dense(task: DenseTask, recipe) -> dict:
         with open_run_folder(recipe, resume, run_command(task.name), products, ctx) as run_folder:
             run = _setup(task, recipe, ctx, resume, run_folder)
             _train_iterations(run)
+            finished = run.it == run.total
+            if finished and ctx.is_main and hasattr(task, "finish"):  # the task's own files, from the finished run
+                with run_folder.writing(run_folder.saved):
+                    task.finish(recipe, run.output)
         if ctx.distributed:
             dist.barrier()
-        return {"output": run.output, "iter": run.it, "best": run.best, "history": run.history,
-                "class_names": run.class_names}
+        return {"output": run.output, "iter": run.it, "total": run.total, "finished": finished, "best": run.best,
+                "history": run.history, "class_names": run.class_names}
     finally:
         end_process(ctx)
 

@@ -5,7 +5,8 @@ Segmenting Anything", arXiv 2312.05760), on Meta's ``segment-anything`` package
 
 :mod:`.model` (the encoder, the model, reading the official and our own checkpoints),
 :mod:`.predict` (prompted and automatic segmentation, written as PNG/JSON), :mod:`.export` (the
-fused encoder in each runtime)."""
+fused encoder and the prompt decoder in each runtime), :mod:`.teacher` (SAM ViT teachers and the
+cache of their embeddings) and :mod:`.distill` (``repvit sam distill``, a task of the dense loop)."""
 
 from .model import (
     SAM_WEIGHTS,
@@ -14,9 +15,10 @@ from .model import (
     random_sam,
     read_sam_state,
     sam_encoder_spec,
+    sam_input,
     sam_neck,
     save_sam,
 )
 
 __all__ = ["create_sam", "random_sam", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "read_sam_state",
-           "save_sam", "SAM_WEIGHTS"]
+           "save_sam", "sam_input", "SAM_WEIGHTS"]

@@ -22,10 +22,10 @@ weight decay 0.05, cosine schedule to 1e-6, batch 8 per process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +44,11 @@ from ..train.process import all_reduce_sum, sample_generator
 from ..utils import UserError, param, resolve_device
 from ..weights import atomic_save, load_weights
 from .export import mask_iou
-from .model import PATCH, RepViTSamEncoder, assemble_sam, official_sam_state, save_sam
-from .teacher import TEACHERS, TeacherCache, sam_input, teacher_cache
+from .model import PATCH, RepViTSamEncoder, assemble_sam, official_sam_state, sam_input, save_sam
+from .teacher import TEACHERS, TeacherCache, list_images, teacher_cache
 
 __all__ = ["SamDistillRecipe", "SamDistillTask", "distill_sam", "teacher_agreement", "agreement_prompts",
-           "prompt_masks", "held_out_split", "OFFICIAL_FILE", "FUSED_FILE"]
+           "image_key", "prompt_masks", "held_out_split", "OFFICIAL_FILE", "FUSED_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,15 @@ class DistillImages(Dataset):
         return pixels, self.cache.embedding(index).float(), size, index
 
 
-def agreement_prompts(index: int, size: tuple[int, int], count: int, seed: int = 0):
+def image_key(path: Path) -> int:
+    """A number that names an image by its file name (the same in every run, whatever the other images)."""
+    return int(hashlib.sha256(Path(path).name.encode()).hexdigest()[:8], 16)
+
+
+def agreement_prompts(key: int, size: tuple[int, int], count: int, seed: int = 0):
     """``count`` points (x, y) and ``count`` boxes (x0, y0, x1, y1) inside an image of (height,
-    width) ``size`` (input pixels), the same for a given image ``index`` in every evaluation."""
-    g = sample_generator(seed, 0, index)
+    width) ``size`` (input pixels), the same for a given image ``key`` (:func:`image_key`) every time."""
+    g = sample_generator(seed, 0, key)
     h, w = size
     scale = torch.tensor([w, h], dtype=torch.float32)
     points = torch.rand(count, 2, generator=g) * scale
@@ -137,19 +142,23 @@ def agreement_prompts(index: int, size: tuple[int, int], count: int, seed: int =
 
 @torch.no_grad()
 def prompt_masks(sam: nn.Module, embedding: torch.Tensor, size: tuple[int, int], points=None, boxes=None):
-    """The decoder's single-mask output (K, h, w) bool for K single-point (foreground) or K box
-    prompts on one image ``embedding`` (256, g, g), cropped to the image's ``size`` in the input."""
+    """The masks (K, h, w) bool for K single-point (foreground) or K box prompts on one image
+    ``embedding`` (256, g, g), cropped to the image's ``size`` in the input. A single point is
+    ambiguous: of SAM's three candidates the one with the highest predicted IoU is kept (SAM's
+    advice, and what a click in ``repvit sam app`` shows); a box gives one mask."""
     encoder, device = sam.prompt_encoder, embedding.device
     if points is not None:
         labels = torch.ones(len(points), 1, dtype=torch.int64, device=device)
         sparse, dense = encoder(points=(points[:, None].to(device), labels), boxes=None, masks=None)
     else:
         sparse, dense = encoder(points=None, boxes=boxes.to(device), masks=None)
-    low, _ = sam.mask_decoder(image_embeddings=embedding[None], image_pe=encoder.get_dense_pe(),
-                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+    low, scores = sam.mask_decoder(image_embeddings=embedding[None], image_pe=encoder.get_dense_pe(),
+                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                   multimask_output=points is not None)
+    low = low[torch.arange(len(low)), scores.argmax(1)]  # the best candidate (the only one for a box)
     side = encoder.input_image_size[0]
     h, w = size
-    return F.interpolate(low, (side, side), mode="bilinear", align_corners=False)[:, 0, :h, :w] > 0
+    return F.interpolate(low[:, None], (side, side), mode="bilinear", align_corners=False)[:, 0, :h, :w] > 0
 
 
 def teacher_agreement(sam: nn.Module, student: torch.Tensor, teacher: torch.Tensor, size: tuple[int, int],
@@ -173,9 +182,12 @@ class SamDistillTask:
         self._decoder: nn.Module | None = None
 
     def datasets(self, recipe: SamDistillRecipe):
+        held_out_split(list_images(recipe.data), recipe.val_split, recipe.val_max)  # before hours of teacher
+        device = resolve_device(recipe.device)
+        if device.type == "cuda":  # this process's GPU (setup_process made it current), as the teacher's device
+            device = torch.device("cuda", torch.cuda.current_device())
         self.cache = teacher_cache(recipe.data, recipe.teacher, recipe.teacher_weights, recipe.img_size,
-                                   recipe.teacher_cache, recipe.shard_size, recipe.teacher_batch,
-                                   resolve_device(recipe.device))
+                                   recipe.teacher_cache, recipe.shard_size, recipe.teacher_batch, device)
         train, held = held_out_split(self.cache.files, recipe.val_split, recipe.val_max)
         return (DistillImages(self.cache, train, recipe.img_size), DistillImages(self.cache, held, recipe.img_size),
                 [])
@@ -194,7 +206,8 @@ class SamDistillTask:
             self._decoder = sam.eval()
         return self._decoder.to(device)
 
-    def collate(self, batch):
+    @staticmethod
+    def collate(batch):  # (static: DataLoader workers need not pickle the task)
         pixels, embeddings, sizes, indices = zip(*batch)
         return torch.stack(pixels), torch.stack(embeddings), list(sizes), list(indices)
 
@@ -212,7 +225,7 @@ class SamDistillTask:
             squared += float((students - teachers).pow(2).sum())
             elements += teachers.numel()
             for student, teacher, size, index in zip(students, teachers, sizes, indices):
-                points, boxes = agreement_prompts(index, size, recipe.agreement_prompts)
+                points, boxes = agreement_prompts(image_key(self.cache.files[index]), size, recipe.agreement_prompts)
                 for kind, values in teacher_agreement(sam, student, teacher, size, points, boxes).items():
                     ious[kind] += values
         totals = all_reduce_sum([squared, elements, sum(ious["point"]), len(ious["point"]), sum(ious["box"]),
@@ -232,7 +245,7 @@ class SamDistillTask:
         floor = recipe.min_lr / recipe.lr
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def write_products(self, recipe: SamDistillRecipe, output: Path) -> dict[str, Path]:
+    def finish(self, recipe: SamDistillRecipe, output: Path) -> dict[str, Path]:
         """The run's best student with the teacher's decoder, into ``output``: official layout, and fused."""
         source = output / BEST if (output / BEST).is_file() else output / LAST
         student = RepViTSamEncoder(img_size=recipe.img_size)
@@ -247,10 +260,12 @@ class SamDistillTask:
 
 
 def distill_sam(recipe: SamDistillRecipe) -> dict:
-    """Run the distillation ``recipe`` describes; returns the loop's result and, in the main
-    process, the written ``repvit_sam.pt`` and fused files."""
-    task = SamDistillTask()
-    result = train_dense(task, recipe)
-    if int(os.environ.get("RANK", "0")) == 0:
-        result["products"] = task.write_products(recipe, Path(result["output"]))
+    """Run the distillation ``recipe`` describes; returns the loop's result (with ``products``, the
+    files :meth:`SamDistillTask.finish` wrote, once the run is finished)."""
+    if recipe.teacher_cache:  # absolute even before it exists: a resumed run must find it from anywhere
+        recipe = dataclasses.replace(recipe, teacher_cache=str(Path(recipe.teacher_cache).resolve()))
+    result = train_dense(SamDistillTask(), recipe)
+    output = Path(result["output"])
+    result["products"] = {"official": output / OFFICIAL_FILE, "fused": output / FUSED_FILE} if result["finished"] \
+        else {}
     return result

@@ -39,7 +39,7 @@ from ..export import (
 )
 from ..reparam import reparameterize
 from ..utils import UserError, first_line, param
-from .model import EMBED_DIM, PATCH, create_sam, random_sam
+from .model import EMBED_DIM, PATCH, create_sam, random_sam, sam_input
 
 __all__ = ["export_sam_encoder", "export_sam_decoder", "export_sam_encoder_int8", "prompt_decoder", "write_decoder",
            "load_decoder", "decoder_inputs", "prepare_images", "ENCODER_NAME", "DECODER_NAME", "DECODER_FORMATS"]
@@ -287,10 +287,7 @@ def prepare_images(sam, sources=None, count: int = 8, seed: int = 0) -> list[tup
     """Encoder inputs (SAM's resize, normalisation and padding) with prompts on them: for image
     files or folders in ``sources``, points at fixed fractions of the image; else ``count``
     generated shape images, each with a point in every shape and the shape's box."""
-    from segment_anything.utils.transforms import ResizeLongestSide
-
     size = sam.image_encoder.img_size
-    resize = ResizeLongestSide(size)
     prepared = []
     if sources:
         for path in image_files(sources if isinstance(sources, (list, tuple)) else [sources])[:count]:
@@ -311,8 +308,7 @@ def prepare_images(sam, sources=None, count: int = 8, seed: int = 0) -> list[tup
     out = []
     for image, prompts in prepared:
         scale = size / max(image.shape[:2])
-        pixels = torch.from_numpy(resize.apply_image(image)).permute(2, 0, 1)[None].float()
-        out.append((sam.preprocess(pixels).contiguous(), [(torch.tensor(c) * scale, labels) for c, labels in prompts]))
+        out.append((sam_input(image, size)[0][None], [(torch.tensor(c) * scale, labels) for c, labels in prompts]))
     return out
 
 

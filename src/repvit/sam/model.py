@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.layers import LayerNorm2d
 from torch import nn
@@ -35,13 +37,14 @@ from ..weights import (
 )
 
 __all__ = ["SAM_WEIGHTS", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "assemble_sam", "create_sam",
-           "random_sam", "read_sam_state", "save_sam", "official_sam_state"]
+           "random_sam", "read_sam_state", "save_sam", "official_sam_state", "sam_input"]
 
 #: Released RepViT-SAM weights by name (THU-MIG/RepViT, GitHub release v1.0).
 SAM_WEIGHTS = {"repvit_sam": "https://github.com/THU-MIG/RepViT/releases/download/v1.0/repvit_sam.pt"}
 
 EMBED_DIM = 256  # SAM's prompt / image-embedding width
 PATCH = 16  # input pixels per embedding cell (SAM's ViT patch; here the encoder's total stride)
+PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # SAM's input normalisation (0-255)
 _ENCODER = "image_encoder."
 _BODY = "image_encoder.body."
 
@@ -99,9 +102,22 @@ def assemble_sam(image_encoder: nn.Module, img_size: int = 1024) -> nn.Module:
         mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
             depth=2, embedding_dim=EMBED_DIM, mlp_dim=2048, num_heads=8), transformer_dim=EMBED_DIM,
             iou_head_depth=3, iou_head_hidden_dim=256),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
     )
+
+
+def sam_input(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An RGB image (H, W, 3, uint8) as SAM's encoders take it: the longest side resized to
+    ``img_size`` (SAM's ``ResizeLongestSide``), normalised, zero-padded to (3, img_size, img_size).
+    Returns the tensor and the resized image's (height, width) inside it."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    resized = ResizeLongestSide(img_size).apply_image(image)
+    h, w = resized.shape[:2]
+    pixels = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float()
+    pixels = (pixels - torch.tensor(PIXEL_MEAN).view(3, 1, 1)) / torch.tensor(PIXEL_STD).view(3, 1, 1)
+    return F.pad(pixels, (0, img_size - w, 0, img_size - h)), (h, w)
 
 
 def create_sam(weights=None, *, deploy: bool = False, img_size: int = 1024) -> nn.Module:

@@ -9,10 +9,11 @@ not change between epochs or runs, so every image's embedding is computed once a
   time), written atomically, so a killed build keeps what it finished and the next one (or a
   resumed run) computes only the missing shards;
 - in a folder keyed by the teacher (kind and a SHA-256 of its weights) and the input size, and
-  shards named by their images (name, size, modification time): later runs on the same images
-  reuse them, and an edited or added image recomputes only its shard;
-- under torchrun, each process computes its share of the missing shards and waits on the files
-  (not on a collective, whose timeout a long build would exceed).
+  shards named by their images (name, size, modification time; images in name order): later runs
+  on the same images reuse them; an edited image recomputes its shard, an added one its shard and
+  the shards after it (an image whose name sorts last: only its own);
+- under torchrun, the main process plans (images, missing shards), each process computes its share
+  and all wait on the files (not on a collective, whose timeout a long build would exceed).
 
 Images are prepared exactly as SAM's predictor does (:func:`sam_input`: longest side resized to
 the input size, normalised, zero-padded to a square), for the teacher and the student alike.
@@ -40,10 +41,9 @@ from ..utils import UserError, param
 from ..weights import CheckpointError, atomic_save, atomic_write, load_torch_file, resolve_source
 from ..weights.convert import strip_wrappers
 from ..weights.files import sha256_of
-from .model import PATCH, assemble_sam
+from .model import PATCH, assemble_sam, sam_input
 
-__all__ = ["TEACHERS", "TEACHER_WEIGHTS", "build_teacher", "random_teacher", "read_teacher_state", "sam_input",
-           "TeacherCache", "teacher_cache", "default_cache_dir"]
+__all__ = ["TEACHERS", "TEACHER_WEIGHTS", "build_teacher", "random_teacher", "read_teacher_state", "TeacherCache", "teacher_cache", "default_cache_dir", "list_images"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ TEACHER_WEIGHTS = {
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
-_PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
-_PIXEL_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 _CACHE_FORMAT = 1
 _DECODER = "decoder.pt"  # the teacher's prompt encoder and mask decoder, beside its embeddings
 
@@ -98,8 +96,9 @@ def _teacher_model(kind: str, img_size: int) -> nn.Module:
 
 def random_teacher(kind: str = "vit_tiny", img_size: int = 1024, seed: int = 0) -> nn.Module:
     """A teacher SAM with random weights (fixed ``seed``), for tests and the distillation benchmark."""
-    torch.manual_seed(seed)
-    return _teacher_model(kind, img_size).eval()
+    with torch.random.fork_rng():  # the caller's random stream is left as it was
+        torch.manual_seed(seed)
+        return _teacher_model(kind, img_size).eval()
 
 
 def read_teacher_state(kind: str, weights=None) -> tuple[dict, Path]:
@@ -138,12 +137,11 @@ def _fit_positions(state: dict, expected: dict) -> dict:
     return out
 
 
-def build_teacher(kind: str, weights=None, img_size: int = 1024) -> nn.Module:
-    """The teacher SAM (``segment_anything.modeling.Sam``, eval mode) of ``kind`` with ``weights``
-    (see :func:`read_teacher_state`), at the square input ``img_size``."""
-    sam = _teacher_model(kind, img_size)
-    state, path = read_teacher_state(kind, weights)
-    expected = sam.state_dict()
+def _checked_state(kind: str, state: dict, img_size: int, path) -> dict:
+    """``state`` with its position tables fitted to ``img_size``, or a one-line error when it is not
+    the weights of a ``kind`` teacher (checked against shapes alone: no model is built)."""
+    with torch.device("meta"):
+        expected = _teacher_model(kind, img_size).state_dict()
     state = _fit_positions(state, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -151,21 +149,20 @@ def build_teacher(kind: str, weights=None, img_size: int = 1024) -> nn.Module:
     if missing or unexpected or wrong:
         first = (missing and f"missing {missing[0]}") or (unexpected and f"unexpected {unexpected[0]}") or \
             f"{wrong[0]}: {tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)}"
-        raise CheckpointError(f"{param('teacher_weights')} {path}: not SAM {kind} weights ({first})")
-    sam.load_state_dict(state)
+        width = state.get("image_encoder.patch_embed.proj.weight")
+        like = [k for k, c in TEACHERS.items() if width is not None and width.shape[0] == c.embed_dim and k != kind]
+        hint = f"; its width is {like[0]}'s" if like else ""
+        raise CheckpointError(f"{param('teacher_weights')} {path}: not SAM {kind} weights ({first}){hint}")
+    return state
+
+
+def build_teacher(kind: str, weights=None, img_size: int = 1024) -> nn.Module:
+    """The teacher SAM (``segment_anything.modeling.Sam``, eval mode) of ``kind`` with ``weights``
+    (see :func:`read_teacher_state`), at the square input ``img_size``."""
+    state, path = read_teacher_state(kind, weights)
+    sam = _teacher_model(kind, img_size)
+    sam.load_state_dict(_checked_state(kind, state, img_size, path))
     return sam.eval()
-
-
-def sam_input(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An RGB image (H, W, 3, uint8) as SAM's encoders take it: the longest side resized to
-    ``img_size`` (SAM's ``ResizeLongestSide``), normalised, zero-padded to (3, img_size, img_size).
-    Returns the tensor and the resized image's (height, width) inside it."""
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    resized = ResizeLongestSide(img_size).apply_image(image)
-    h, w = resized.shape[:2]
-    pixels = (torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() - _PIXEL_MEAN) / _PIXEL_STD
-    return F.pad(pixels, (0, img_size - w, 0, img_size - h)), (h, w)
 
 
 def default_cache_dir() -> Path:
@@ -176,9 +173,10 @@ def default_cache_dir() -> Path:
 class TeacherCache:
     """The teacher embeddings of a list of images, in shards (see the module docstring)."""
 
-    def __init__(self, folder: Path, files: list[Path], shard_size: int):
+    def __init__(self, folder: Path, files: list[Path], shard_size: int, shard_names: list[str] | None = None):
         self.folder, self.files, self.shard_size = Path(folder), list(files), shard_size
-        self.shard_paths = [self.folder / f"shard-{self._digest(i)}.pt" for i in range(self.shards)]
+        names = shard_names or [f"shard-{self._digest(i)}.pt" for i in range(self.shards)]
+        self.shard_paths = [self.folder / name for name in names]
         self._open: dict[int, dict] = {}  # shards read so far (memory-mapped: rows are read on use)
 
     @property
@@ -224,37 +222,56 @@ class TeacherCache:
 
 def teacher_cache(images, kind: str, weights=None, img_size: int = 1024, cache_dir=None, shard_size: int = 64,
                   batch_size: int = 4, device: torch.device | str = "cpu") -> TeacherCache:
-    """The teacher embeddings of the images in ``images`` (folders or files), computed where missing.
+    """The teacher embeddings of ``images`` (folders or image files), computed where missing.
 
-    Under torchrun (a process group initialised) each process computes every ``world_size``-th
-    missing shard, then waits until all are on disk. Returns the cache, ready to read.
+    Under torchrun (a process group initialised) the main process reads the teacher, lists the
+    images and the missing shards, and tells the others; each computes every ``world_size``-th
+    missing shard, then all wait until every shard is on disk. Returns the cache, ready to read.
     """
-    files = image_files(images if isinstance(images, (list, tuple)) else [images])
-    if not files:
-        raise UserError(f"{param('data')} {images}: no images")
-    state, path = read_teacher_state(kind, weights)
-    key = {"format": _CACHE_FORMAT, "teacher": kind, "weights_sha256": sha256_of(path), "img_size": img_size}
-    folder = Path(cache_dir or default_cache_dir()) / f"{kind}-{img_size}px-{_key_digest(key)}"
-    cache = TeacherCache(folder, files, shard_size)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    folder.mkdir(parents=True, exist_ok=True)
-    if rank == 0 and not (folder / _DECODER).is_file():
-        atomic_write(folder / "cache.json", lambda tmp: tmp.write_text(json.dumps({**key, "weights": str(path)})))
-        atomic_save({k: v for k, v in state.items() if not k.startswith("image_encoder.")}, folder / _DECODER)
-    missing = [cache.missing()]
-    if world > 1:  # one snapshot for all: shards written meanwhile must not shift the shares
-        dist.broadcast_object_list(missing, src=0)
-    missing = missing[0]
-    mine = missing[rank::world]
+    plan, state = [None], None
     if rank == 0:
+        files = list_images(images)
+        state, path = read_teacher_state(kind, weights)
+        state = _checked_state(kind, state, img_size, path)
+        key = {"format": _CACHE_FORMAT, "teacher": kind, "weights_sha256": sha256_of(path), "img_size": img_size}
+        folder = Path(cache_dir or default_cache_dir()).resolve() / f"{kind}-{img_size}px-{_key_digest(key)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / _DECODER).is_file():
+            atomic_write(folder / "cache.json", lambda tmp: tmp.write_text(json.dumps({**key, "weights": str(path)})))
+            atomic_save({k: v for k, v in state.items() if not k.startswith("image_encoder.")}, folder / _DECODER)
+        cache = TeacherCache(folder, files, shard_size)
+        plan = [(folder, files, [p.name for p in cache.shard_paths], cache.missing(), path)]
         log.info("teacher embeddings (%s, %d px) in %s: %d of %d shards cached, %d to compute%s", kind, img_size,
-                 folder, cache.shards - len(missing), cache.shards, len(missing),
-                 f" ({world} processes)" if world > 1 and missing else "")
+                 folder, cache.shards - len(plan[0][3]), cache.shards, len(plan[0][3]),
+                 f" ({world} processes)" if world > 1 and plan[0][3] else "")
+    if world > 1:  # one plan for all: the same images, shards and shares, whatever each process sees
+        dist.broadcast_object_list(plan, src=0)
+    folder, files, names, missing, path = plan[0]
+    cache = TeacherCache(folder, files, shard_size, names)
+    if not (folder / _DECODER).is_file():
+        raise UserError(f"{param('teacher_cache')} {folder}: this process does not see the main process's files; "
+                        "give a folder every process shares")
+    mine = missing[rank::world]
     if mine:
+        if state is None:
+            state = _checked_state(kind, read_teacher_state(kind, path)[0], img_size, path)
         _compute_shards(cache, mine, kind, state, img_size, batch_size, torch.device(device))
     del state
-    _wait_for(cache, [folder / _DECODER] + [cache.shard_paths[i] for i in missing])
+    _wait_for(cache, [cache.shard_paths[i] for i in missing])
     return cache
+
+
+def list_images(images) -> list[Path]:
+    """The image files of ``images`` (folders or files; a folder's own images, sorted), or a one-line
+    error naming the missing path."""
+    paths = [Path(p) for p in (images if isinstance(images, (list, tuple)) else [images])]
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{param('data')} {p}: no such folder or image")
+    if not paths:
+        raise UserError(f"{param('data')}: no images given")
+    return image_files(paths)
 
 
 def _key_digest(key: dict) -> str:
@@ -265,7 +282,7 @@ def _key_digest(key: dict) -> str:
 def _compute_shards(cache: TeacherCache, shards: list[int], kind: str, state: dict, img_size: int,
                     batch_size: int, device: torch.device) -> None:
     teacher = _teacher_model(kind, img_size)
-    teacher.load_state_dict(_fit_positions(state, teacher.state_dict()))
+    teacher.load_state_dict(state)  # checked and fitted by _checked_state
     encoder = teacher.image_encoder.eval().to(device)
     for done, shard in enumerate(shards, 1):
         embeddings, sizes = [], []

@@ -33,7 +33,7 @@ from ..data import load_image, shapes_scene
 from ..dense.segmentation import palette
 from ..export import FORMATS, load_executorch, load_onnx
 from ..reparam import reparameterize
-from ..sam import create_sam
+from ..sam import create_sam, sam_input
 from ..sam.export import (
     DECODER_NAME,
     ENCODER_NAME,
@@ -99,11 +99,10 @@ class SamSession:
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> ImageEmbedding:
         """The embedding of an RGB uint8 image (H, W, 3)."""
-        resized = self.resize.apply_image(image)
-        pixels = self.sam.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None].float()).contiguous()
+        pixels, input_size = sam_input(image, self.img_size)
         with self._lock:
-            tensor = torch.as_tensor(np.asarray(self._encoder(pixels)))  # a tensor in eager, an array elsewhere
-        return ImageEmbedding(tensor, (int(image.shape[0]), int(image.shape[1])), tuple(resized.shape[:2]))
+            tensor = torch.as_tensor(np.asarray(self._encoder(pixels[None])))  # a tensor in eager, an array elsewhere
+        return ImageEmbedding(tensor, (int(image.shape[0]), int(image.shape[1])), input_size)
 
     @torch.inference_mode()
     def decode_logits(self, embedding: ImageEmbedding, coords, labels) -> tuple[torch.Tensor, torch.Tensor]:
