@@ -10,10 +10,13 @@ TEST_WORKERS ?= 2
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt holds the versions tested together: alone, pip's resolver gives up ("resolution-too-deep")
+# between litert-torch's xdsl pin (typing_extensions < 4.13) and the newest gradio/pydantic/selenium.
+# After changing dependencies: install, run make test, then .venv/bin/pip freeze --exclude-editable > constraints.txt
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[all]"
+	$(BIN)/python -m pip install --quiet -e ".[all]" -c constraints.txt
 	touch $(STAMP)
 
 # The main job: train a RepViT on the embedded digits, reparameterize, export, check (~2 min on 2 cores).
