@@ -137,3 +137,31 @@ def test_unknown_model_lists_known_ones():
 def test_unknown_keyword_is_an_error():
     with pytest.raises(TypeError):
         repvit.create_model("repvit_m0_9", num_clases=10)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fx_symbolic_trace_gives_the_eager_outputs(name, image_batch):
+    """torch.fx, as timm tests every model: classifier and features, training and deployed structure;
+    the input check stays out of the graph (eager models still run it)."""
+    for features_only in (False, True):
+        torch.manual_seed(0)
+        options = {"features_only": True} if features_only else {"num_classes": 7, "distillation": True}
+        model = repvit.create_model(name, **options).eval()
+        for m in (model, repvit.reparameterize(model)):
+            graph = torch.fx.symbolic_trace(m)
+            assert not any("check_input" in str(node.target) for node in graph.graph.nodes)
+            expected, traced = m(image_batch), graph(image_batch)
+            expected, traced = (expected, traced) if features_only else ([expected], [traced])
+            assert len(traced) == len(expected) and all(torch.equal(a, b) for a, b in zip(traced, expected))
+
+
+def test_torchvision_feature_extractor_returns_the_stage_outputs(image_batch):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = repvit.create_model("repvit_m0_9").eval()
+    extractor = create_feature_extractor(model, return_nodes={f"stages.{i}": f"stage{i}" for i in range(4)})
+    found = extractor(image_batch)
+    _, expected = model.forward_intermediates(image_batch)
+    assert list(found) == ["stage0", "stage1", "stage2", "stage3"]
+    assert all(torch.equal(found[f"stage{i}"], expected[i]) for i in range(4))
+    assert [f.shape[1] for f in found.values()] == [info["num_chs"] for info in model.feature_info]

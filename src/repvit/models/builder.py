@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..layers import (
     ACTIVATIONS,
@@ -87,7 +88,9 @@ class _Backbone(nn.Module):
     in_chans: int
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if torch.jit.is_tracing():  # shapes are fixed by the example input; avoid TracerWarnings
+        # Tracing (torch.jit.trace, torch.fx.symbolic_trace): the check stays out of the graph; the
+        # example input fixes the shapes (and an fx Proxy is not a tensor to check).
+        if torch.jit.is_tracing() or is_fx_symbolic_tracing():
             return
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self.name} expects a tensor, got {type(x).__name__}")
