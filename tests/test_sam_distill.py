@@ -15,6 +15,7 @@ from reference_official import OfficialSamEncoder
 from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT
 
+import repvit.sam.teacher as teacher_module
 from repvit import create_model
 from repvit.cli import main
 from repvit.data import shapes_scene
@@ -105,9 +106,12 @@ def test_teacher_cache_builds_reuses_and_resumes_after_a_kill(images, tmp_path, 
     assert cache.embedding(7).dtype == torch.float16 and cache.size(7) == size
     torch.testing.assert_close(cache.embedding(7).float(), expected, atol=2e-3, rtol=2e-3)
 
-    calls[0] = 0
+    calls[0], reads = 0, []
+    read = teacher_module.read_teacher_state
+    monkeypatch.setattr(teacher_module, "read_teacher_state", lambda *a: reads.append(a) or read(*a))
     again = teacher_cache(folder, cache_dir=tmp_path / "cache", **args)  # a later run: nothing recomputed
     assert calls[0] == 0 and again.shard_paths == cache.shard_paths
+    assert reads == []  # ... nor the teacher's weights even read
     shapes_scene(np.random.default_rng(1), SIZE, 3)[0].save(folder / "img99.png")
     try:
         grown = teacher_cache(folder, cache_dir=tmp_path / "cache", **args)

@@ -43,7 +43,7 @@ from ..weights.convert import strip_wrappers
 from ..weights.files import sha256_of
 from .model import PATCH, assemble_sam, sam_input
 
-__all__ = ["TEACHERS", "TEACHER_WEIGHTS", "build_teacher", "random_teacher", "read_teacher_state", "TeacherCache", "teacher_cache", "default_cache_dir", "list_images"]
+__all__ = ["TEACHERS", "TEACHER_WEIGHTS", "build_teacher", "random_teacher", "read_teacher_state", "TeacherCache", "teacher_cache", "default_cache_dir", "list_images", "teacher_file"]
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +101,20 @@ def random_teacher(kind: str = "vit_tiny", img_size: int = 1024, seed: int = 0) 
         return _teacher_model(kind, img_size).eval()
 
 
-def read_teacher_state(kind: str, weights=None) -> tuple[dict, Path]:
-    """``(state dict, file)`` of a SAM checkpoint (``image_encoder.*``, ``prompt_encoder.*``,
-    ``mask_decoder.*``): a path, an https:// URL, or by default Meta's release for ``kind``."""
+def teacher_file(kind: str, weights=None) -> Path:
+    """The local file of a teacher's weights (downloaded when a URL, by default Meta's release)."""
     _check_kind(kind)
     if weights is None:
         if kind not in TEACHER_WEIGHTS:
             raise UserError(f"{param('teacher_weights')} is required for {param('teacher')} {kind} (it has no release)")
         weights = TEACHER_WEIGHTS[kind]
-    path = resolve_source(weights)
+    return resolve_source(weights)
+
+
+def read_teacher_state(kind: str, weights=None) -> tuple[dict, Path]:
+    """``(state dict, file)`` of a SAM checkpoint (``image_encoder.*``, ``prompt_encoder.*``,
+    ``mask_decoder.*``): a path, an https:// URL, or by default Meta's release for ``kind``."""
+    path = teacher_file(kind, weights)
     state = load_torch_file(path, label=f"{param('teacher_weights')} {path}")
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
@@ -231,16 +236,16 @@ def teacher_cache(images, kind: str, weights=None, img_size: int = 1024, cache_d
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     plan, state = [None], None
     if rank == 0:
-        files = list_images(images)
-        state, path = read_teacher_state(kind, weights)
-        state = _checked_state(kind, state, img_size, path)
+        files, path = list_images(images), teacher_file(kind, weights)
         key = {"format": _CACHE_FORMAT, "teacher": kind, "weights_sha256": sha256_of(path), "img_size": img_size}
         folder = Path(cache_dir or default_cache_dir()).resolve() / f"{kind}-{img_size}px-{_key_digest(key)}"
-        folder.mkdir(parents=True, exist_ok=True)
+        cache = TeacherCache(folder, files, shard_size)
+        if cache.missing() or not (folder / _DECODER).is_file():  # a complete cache needs no teacher read
+            state = _checked_state(kind, read_teacher_state(kind, path)[0], img_size, path)
+            folder.mkdir(parents=True, exist_ok=True)
         if not (folder / _DECODER).is_file():
             atomic_write(folder / "cache.json", lambda tmp: tmp.write_text(json.dumps({**key, "weights": str(path)})))
             atomic_save({k: v for k, v in state.items() if not k.startswith("image_encoder.")}, folder / _DECODER)
-        cache = TeacherCache(folder, files, shard_size)
         plan = [(folder, files, [p.name for p in cache.shard_paths], cache.missing(), path)]
         log.info("teacher embeddings (%s, %d px) in %s: %d of %d shards cached, %d to compute%s", kind, img_size,
                  folder, cache.shards - len(plan[0][3]), cache.shards, len(plan[0][3]),
