@@ -70,7 +70,7 @@ def test_unavailable_runtime_is_a_skipped_row(monkeypatch):
     assert report.row("repvit_m0_6", "eager")["status"] == "ok"
     skipped = report.row("repvit_m0_6", "onnxruntime")
     assert skipped["status"] == "skipped" and "missing package onnx" in skipped["reason"]
-    assert skipped["reason"].endswith("pip install 'repvit[export]'")
+    assert skipped["reason"].endswith("pip install 'repvit-toolkit[export]'")
 
 
 def test_more_runtimes_and_int8_twins():

@@ -123,13 +123,13 @@ def test_unknown_format_and_bad_options():
 def test_missing_package_is_reported_not_raised(monkeypatch, tmp_path):
     monkeypatch.setattr(extras, "missing_modules", lambda modules: ["onnxruntime"] if "onnxruntime" in modules else [])
     (result,) = export("repvit_m0_6", ["onnx"], img_size=64, out_dir=tmp_path)
-    assert result.status == "unavailable" and "pip install 'repvit[export]'" in result.detail
+    assert result.status == "unavailable" and "pip install 'repvit-toolkit[export]'" in result.detail
     monkeypatch.setattr(extras, "missing_modules", lambda modules: list(modules))
     rows = export("repvit_m0_6", ["litert", "ncnn", "openvino"], img_size=64, out_dir=tmp_path)
     assert [r.detail for r in rows] == [
-        "missing package litert_torch, ai_edge_litert: pip install 'repvit[litert]'",
-        "missing package pnnx, ncnn: pip install 'repvit[ncnn]'",
-        "missing package openvino: pip install 'repvit[openvino]'"]
+        "missing package litert_torch, ai_edge_litert: pip install 'repvit-toolkit[litert]'",
+        "missing package pnnx, ncnn: pip install 'repvit-toolkit[ncnn]'",
+        "missing package openvino: pip install 'repvit-toolkit[openvino]'"]
 
 
 class _DataDependent(torch.nn.Module):

@@ -3,7 +3,7 @@
 Sub-packages are layers, listed below from the bottom up. A module may import repvit modules of its
 own layer or of layers below it, at module level; never a layer above, never in a cycle. A
 function-local import is only for an optional third-party extra (a runtime that `pip install
-'repvit[...]'` adds), never for a repvit module and never for a core dependency.
+'repvit-toolkit[...]'` adds), never for a repvit module and never for a core dependency.
 """
 
 import ast

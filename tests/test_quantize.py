@@ -102,7 +102,7 @@ def test_missing_runtime_is_a_row_not_a_crash(monkeypatch, trained, digits_root)
     monkeypatch.setattr(extras, "missing_modules", lambda modules: ["executorch"] if "executorch" in modules else [])
     report = quantize_eval(MODEL, digits_root, weights=trained, formats=("executorch",), img_size=32,
                            calib_images=4, val_images=4)
-    assert {r["status"] for r in report["rows"]} == {"unavailable: missing package executorch: pip install 'repvit[export]'"}
+    assert {r["status"] for r in report["rows"]} == {"unavailable: missing package executorch: pip install 'repvit-toolkit[export]'"}
     (result,) = export("repvit_m0_6", ["executorch"], img_size=32, int8=True, calib=digits_root, calib_images=4)
     assert result.status == "unavailable" and "pip install" in result.detail
 

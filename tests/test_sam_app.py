@@ -196,7 +196,7 @@ def _browser():
         apt = [package for name, package in (("chromium", "chromium"), ("chromedriver", "chromium-driver"))
                if name in missing]
         how = ([f"apt-get install -y {' '.join(apt)}"] if apt else []) + (
-            ["pip install 'repvit[dev]'"] if "selenium" in missing else [])
+            ["pip install 'repvit-toolkit[dev]'"] if "selenium" in missing else [])
         pytest.skip(f"browser test: missing {', '.join(missing)} (install: {'; '.join(how)})")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -213,7 +213,7 @@ def _free_port() -> int:
 
 
 def test_the_page_segments_a_click_in_headless_chromium(sam, picture):
-    pytest.importorskip("gradio", reason="gradio: pip install 'repvit[app]'")
+    pytest.importorskip("gradio", reason="gradio: pip install 'repvit-toolkit[app]'")
     driver = _browser()
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By

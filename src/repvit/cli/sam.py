@@ -32,7 +32,7 @@ _EPILOG = """examples:
                                           the fused encoder and the prompt decoder, parity-checked in each runtime
   repvit sam distill --images sa1b/ --teacher vit_h --init repvit_m2_3.dist_450e    distil your own encoder
   torchrun --nproc_per_node 8 -m repvit sam distill --images sa1b/ --teacher vit_h   ... on 8 GPUs
-weights: a path, an https:// URL or repvit_sam (the release, downloaded once; needs pip install 'repvit[sam]')
+weights: a path, an https:// URL or repvit_sam (the release, downloaded once; needs pip install 'repvit-toolkit[sam]')
 """
 
 
@@ -237,7 +237,7 @@ _APP_EPILOG = """examples:
   repvit sam app                                       http://127.0.0.1:7860, eager PyTorch, the released weights
   repvit sam app --runtime onnxruntime --export-dir sam_onnx/    exported once, reused on the next launch
   repvit sam app --weights my_sam.safetensors --port 8080
-needs pip install 'repvit[app]'; the page is served to this machine only unless --host says otherwise
+needs pip install 'repvit-toolkit[app]'; the page is served to this machine only unless --host says otherwise
 """
 
 

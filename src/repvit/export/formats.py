@@ -23,7 +23,7 @@ class ExportFormat:
     name: str
     suffix: str  # appended to the model name: a file (".onnx") or a folder ("_ncnn")
     requires: tuple[str, ...]  # importable modules it needs
-    extra: str  # the pip extra that installs them: pip install 'repvit[<extra>]'
+    extra: str  # the pip extra that installs them: pip install 'repvit-toolkit[<extra>]'
     description: str
     writer: Callable = field(repr=False)  # (model, example, path, **options) -> detail
     loader: Callable = field(repr=False)  # (path, **options) -> run(x) -> ndarray

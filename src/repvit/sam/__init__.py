@@ -1,6 +1,6 @@
 """RepViT-SAM: Segment Anything with a RepViT-M2.3 image encoder ("RepViT-SAM: Towards Real-Time
 Segmenting Anything", arXiv 2312.05760), on Meta's ``segment-anything`` package
-(``pip install 'repvit[sam]'``): its prompt encoder, mask decoder, ``SamPredictor`` and
+(``pip install 'repvit-toolkit[sam]'``): its prompt encoder, mask decoder, ``SamPredictor`` and
 ``SamAutomaticMaskGenerator`` work with the model :func:`create_sam` returns.
 
 :mod:`.model` (the encoder, the model, reading the official and our own checkpoints),

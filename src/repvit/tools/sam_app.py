@@ -1,4 +1,4 @@
-"""``repvit sam app``: click-to-segment with RepViT-SAM in the browser (Gradio, ``pip install 'repvit[app]'``).
+"""``repvit sam app``: click-to-segment with RepViT-SAM in the browser (Gradio, ``pip install 'repvit-toolkit[app]'``).
 
 Upload an image (or take the generated sample), click foreground and background points or two
 corners of a box, and the mask is drawn over the image after each click: the image encoder runs

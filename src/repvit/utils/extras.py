@@ -13,6 +13,6 @@ def missing_modules(modules) -> list[str]:
 
 
 def missing_extra(modules, extra: str) -> str | None:
-    """``"missing package a, b: pip install 'repvit[extra]'"`` when some are missing, else None."""
+    """``"missing package a, b: pip install 'repvit-toolkit[extra]'"`` when some are missing, else None."""
     missing = missing_modules(modules)
-    return f"missing package {', '.join(missing)}: pip install 'repvit[{extra}]'" if missing else None
+    return f"missing package {', '.join(missing)}: pip install 'repvit-toolkit[{extra}]'" if missing else None
