@@ -1,8 +1,11 @@
+import functools
+
 import pytest
 import torch
+from torch import nn
 
 import repvit
-from repvit.layers import SqueezeExcite
+from repvit.layers import ClassifierHead, SqueezeExcite
 from repvit.models import RepViTSpec, Variant, register_variant
 
 ALL = repvit.list_models()
@@ -139,20 +142,76 @@ def test_unknown_keyword_is_an_error():
         repvit.create_model("repvit_m0_9", num_clases=10)
 
 
+@functools.lru_cache(maxsize=1)  # the fx and TorchScript cases of one variant run back to back
+def _structures(name: str) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """A variant as users deploy it, in eval mode: ``[classifier, features_only backbone]`` in
+    training structure, then reparameterized. The backbone shares the classifier's stem and stages
+    (as if loaded from its checkpoint); one reparameterize() keeps them shared."""
+    torch.manual_seed(0)
+    classifier = repvit.create_model(name, num_classes=7, distillation=True).eval()
+    features = repvit.create_model(name, features_only=True).eval()
+    features.stem, features.stages = classifier.stem, classifier.stages
+    training = nn.ModuleList([classifier, features])
+    return training, repvit.reparameterize(training)
+
+
+def _fx(classifier: nn.Module, features: nn.Module) -> list[nn.Module]:
+    graphs = [torch.fx.symbolic_trace(m) for m in (classifier, features)]
+    assert not any("check_input" in str(node.target) for g in graphs for node in g.graph.nodes)
+    return graphs
+
+
+def _torchscript(classifier: nn.Module, features: nn.Module) -> list[nn.Module]:
+    scripted = torch.jit.script(classifier)
+    # Scripting costs per module instance, and torch.jit.script keeps submodules that are already
+    # scripted: lend the backbone the classifier's scripted stem and stages for the time of scripting.
+    features.stem, features.stages = scripted.stem, scripted.stages
+    try:
+        scripted = [scripted, torch.jit.script(features)]
+    finally:
+        features.stem, features.stages = classifier.stem, classifier.stages
+    assert not any("expects" in str(s.inlined_graph) for s in scripted)  # no input check compiled in
+    return scripted
+
+
+@pytest.mark.parametrize("capture", [_fx, _torchscript], ids=["fx", "torchscript"])
 @pytest.mark.parametrize("name", ALL)
-def test_fx_symbolic_trace_gives_the_eager_outputs(name, image_batch):
-    """torch.fx, as timm tests every model: classifier and features, training and deployed structure;
-    the input check stays out of the graph (eager models still run it)."""
-    for features_only in (False, True):
-        torch.manual_seed(0)
-        options = {"features_only": True} if features_only else {"num_classes": 7, "distillation": True}
-        model = repvit.create_model(name, **options).eval()
-        for m in (model, repvit.reparameterize(model)):
-            graph = torch.fx.symbolic_trace(m)
-            assert not any("check_input" in str(node.target) for node in graph.graph.nodes)
-            expected, traced = m(image_batch), graph(image_batch)
-            expected, traced = (expected, traced) if features_only else ([expected], [traced])
-            assert len(traced) == len(expected) and all(torch.equal(a, b) for a, b in zip(traced, expected))
+def test_captured_graph_gives_the_eager_outputs(name, capture):
+    """torch.fx (as timm tests every model) and TorchScript (LibTorch deployment): classifier and
+    features, training and deployed structure; the input check stays out of the graph while eager
+    models still run it. Unoptimised TorchScript execution: the same kernels, so equal outputs."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        for models in _structures(name):
+            for model, captured in zip(models, capture(*models)):
+                torch.testing.assert_close(captured(x), model(x), rtol=0, atol=0)
+
+
+def test_torchscript_saves_and_loads_for_libtorch(tmp_path, image_batch):
+    """The LibTorch path: a deployed model scripted, saved and loaded back (torch::jit::load reads
+    the same file), with the optimising executor LibTorch runs."""
+    torch.manual_seed(0)
+    model = repvit.create_model("repvit_m0_6", deploy=True)
+    torch.jit.save(torch.jit.script(model), tmp_path / "repvit_m0_6.pt")
+    loaded = torch.jit.load(tmp_path / "repvit_m0_6.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image_batch), model(image_batch))
+
+
+def test_scripted_distillation_head_returns_one_tensor():
+    """A compiled method has one return type: scripted, the distilled head returns the averaged
+    logits in eval and train mode; the ``(cls, dist)`` pair for the distillation loss is eager-only
+    and a scripted head asked for it raises rather than silently averaging."""
+    torch.manual_seed(0)
+    head = ClassifierHead(16, 5, distillation=True)
+    scripted = torch.jit.script(head)
+    x = torch.randn(4, 16)
+    for training in (False, True):
+        torch.testing.assert_close(scripted.train(training)(x), head.train(training)(x))
+    head.distilled_training = scripted.distilled_training = True
+    assert isinstance(head(x), tuple)
+    with pytest.raises(torch.jit.Error, match="runs only eagerly"):
+        scripted(x)
 
 
 def test_torchvision_feature_extractor_returns_the_stage_outputs(image_batch):

@@ -275,6 +275,10 @@ class TransitionBlock(nn.Module):
         self.ffn = ChannelMixer(out_chs, hidden_width(out_chs, expansion), act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._transition(x)
+
+    def _transition(self, x: torch.Tensor) -> torch.Tensor:
+        # A named method rather than super().forward() in Downsample: TorchScript has no super().
         x = self.channel(self.se(self.spatial(x)))
         return x + self.ffn(x)
 
@@ -293,7 +297,7 @@ class Downsample(TransitionBlock):
         self.pre_block = RepViTBlock(in_chs, expansion, kernel_size, False, act_layer, legacy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.pre_block(x))
+        return self._transition(self.pre_block(x))
 
 
 class InvertedResidual(nn.Module):
@@ -361,7 +365,14 @@ class ClassifierHead(Fusable):
     Eval (and training unless ``distilled_training`` is set) returns the mean of both heads, as in
     the paper; with ``distilled_training`` in train mode it returns ``(cls, dist)`` for the
     distillation loss. Fuses to a single Linear holding the averaged heads.
+
+    Under TorchScript the head always returns one tensor (a compiled method has one return type,
+    and deployment wants the mean): a scripted head in train mode with ``distilled_training`` set
+    raises instead of silently averaging; distillation training runs eagerly.
     """
+
+    # Fixed at construction; as a TorchScript constant it prunes the missing ``head_dist`` branch.
+    __constants__ = ["distillation"]
 
     def __init__(self, in_features: int, num_classes: int, distillation: bool = False):
         super().__init__()
@@ -377,6 +388,9 @@ class ClassifierHead(Fusable):
             return self.head(x)
         cls, dist = self.head(x), self.head_dist(x)
         if self.training and self.distilled_training:
+            if torch.jit.is_scripting():  # compile-time constant: the tuple below is never compiled
+                raise RuntimeError("distilled training (two outputs) runs only eagerly; call eval() on "
+                                   "the scripted model or set its head's distilled_training to False")
             return cls, dist
         return (cls + dist) / 2
 

@@ -84,10 +84,20 @@ def _stage_info(net: NetSpec) -> FeatureInfo:
 class _Backbone(nn.Module):
     """Shared input validation for the classifier and the feature extractor."""
 
-    name: str
-    in_chans: int
+    # Python-side introspection, not part of a scripted model.
+    __jit_unused_properties__ = ["deployed"]
+
+    # Set here rather than annotated on the class: TorchScript cannot read class annotations that
+    # ``from __future__ import annotations`` turned into strings.
+    def __init__(self, name: str, in_chans: int):
+        super().__init__()
+        self.name, self.in_chans = name, in_chans
 
     def _check_input(self, x: torch.Tensor) -> None:
+        # Scripting: is_scripting() is a compile-time constant, so the rest is never compiled and
+        # the scripted graph has no check (the messages below do not script).
+        if torch.jit.is_scripting():
+            return
         # Tracing (torch.jit.trace, torch.fx.symbolic_trace): the check stays out of the graph; the
         # example input fixes the shapes (and an fx Proxy is not a tensor to check).
         if torch.jit.is_tracing() or is_fx_symbolic_tracing():
@@ -113,6 +123,8 @@ class _Backbone(nn.Module):
 class RepViT(_Backbone):
     """RepViT image classifier: stem -> 4 stages -> global average pool -> (distilled) classifier."""
 
+    __jit_unused_properties__ = [*_Backbone.__jit_unused_properties__, "distillation"]
+
     def __init__(
         self,
         spec: RepViTSpec | NetSpec,
@@ -123,9 +135,9 @@ class RepViT(_Backbone):
         drop_rate: float = 0.0,
         name: str = "repvit",
     ):
-        super().__init__()
+        super().__init__(name, in_chans)
         net = as_net(spec)
-        self.name, self.spec, self.in_chans = name, spec, in_chans
+        self.spec = spec
         self.num_classes = num_classes
         self.stem = _build_stem(net, in_chans)
         self.stages = _build_stages(net, len(net.stages))
@@ -214,10 +226,10 @@ class RepViTFeatures(_Backbone):
         in_chans: int = 3,
         name: str = "repvit",
     ):
-        super().__init__()
+        super().__init__(name, in_chans)
         net = as_net(spec)
         self.out_indices = _check_indices(out_indices, len(net.stages), name)
-        self.name, self.spec, self.in_chans = name, spec, in_chans
+        self.spec = spec
         self.stem = _build_stem(net, in_chans)
         self.stages = _build_stages(net, max(self.out_indices) + 1)
         info = _stage_info(net)
