@@ -25,7 +25,8 @@ def add_commands(commands) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", default="repvit_m0_9", help="model name (default repvit_m0_9)")
     p.add_argument("--weights", default=None, metavar="SRC",
-                   help="checkpoint path, https:// URL or registered name (default: the model's recommended weights)")
+                   help="checkpoint path, https:// URL, registered name or hf-hub:ORG/REPO[:FILE] "
+                        "(default: the model's recommended weights)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--img-size", type=int, default=224)
     add_device_argument(p)

@@ -71,7 +71,7 @@ def add_commands(commands) -> None:
                    help="with --int8: calibration images (files or folders; default: generated shape images)")
     p.add_argument("--calib-images", type=int, default=None, help="with --int8: how many calibration images (default 8)")
     p.add_argument("--weights", default="repvit_sam", metavar="SRC",
-                   help=f"checkpoint path, URL or {', '.join(SAM_WEIGHTS)} (default)")
+                   help=f"checkpoint path, URL, hf-hub:ORG/REPO:FILE or {', '.join(SAM_WEIGHTS)} (default)")
     p.add_argument("--out", default="exports", metavar="DIR")
     p.add_argument("--img-size", type=int, default=1024, help="the encoder's square input (1024 as released)")
     p.set_defaults(func=cmd_sam_export)
@@ -132,7 +132,7 @@ def cmd_sam_distill(args) -> int:
 
 def _common(p) -> None:
     p.add_argument("--weights", default="repvit_sam", metavar="SRC",
-                   help=f"checkpoint path, URL or {', '.join(SAM_WEIGHTS)} (default)")
+                   help=f"checkpoint path, URL, hf-hub:ORG/REPO:FILE or {', '.join(SAM_WEIGHTS)} (default)")
     p.add_argument("--out", default="runs/sam", metavar="DIR")
     p.add_argument("--img-size", type=int, default=1024, help="the encoder's square input (1024 as released)")
     add_device_argument(p)
@@ -245,7 +245,7 @@ def _add_app(actions) -> None:
     p = actions.add_parser("app", help="click-to-segment in the browser (Gradio): points, boxes, segment everything, "
                            "mask downloads", epilog=_APP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="repvit_sam", metavar="SRC",
-                   help=f"checkpoint path, URL or {', '.join(SAM_WEIGHTS)} (default)")
+                   help=f"checkpoint path, URL, hf-hub:ORG/REPO:FILE or {', '.join(SAM_WEIGHTS)} (default)")
     p.add_argument("--runtime", default="eager", choices=list(RUNTIMES),
                    help="where the encoder and decoder run (default eager: PyTorch; the others are exported first)")
     p.add_argument("--host", default="127.0.0.1",

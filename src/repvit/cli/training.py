@@ -26,7 +26,8 @@ def add_commands(commands) -> None:
 
     p = add_parser(commands, "val", "top-1/top-5 of the training and the deployed (reparameterized) structure")
     p.add_argument("--model", required=True)
-    p.add_argument("--weights", required=True, metavar="SRC", help="checkpoint path, URL or registered name")
+    p.add_argument("--weights", required=True, metavar="SRC",
+                   help="checkpoint path, URL, registered name or hf-hub:ORG/REPO[:FILE]")
     p.add_argument("--data", required=True, metavar="PATH", help="folder with val/<class>/... (or the class folders)")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--crop-pct", type=float, default=0.875, help="resize to img-size / crop-pct, then center-crop")

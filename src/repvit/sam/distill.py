@@ -60,7 +60,8 @@ FUSED_FILE = "repvit_sam_fused.safetensors"
 class SamDistillRecipe(DenseRecipe):
     model: str = option("repvit_sam", "the student: RepViT-SAM's image encoder", "model", ("repvit_sam",))
     weights: str | None = option(None, "student initialisation (also --init): ImageNet RepViT-M2.3 weights, a path, "
-                                       "URL or registered name such as repvit_m2_3.dist_450e", "model")
+                                       "URL, hf-hub:ORG/REPO[:FILE] or registered name such as "
+                                       "repvit_m2_3.dist_450e", "model")
     norm_eval: bool = option(False, "keep the student's BatchNorm statistics frozen", "model")
     data: str | None = option(None, "folder of training images (also --images); a share is held out for evaluation",
                               "data")
@@ -71,8 +72,8 @@ class SamDistillRecipe(DenseRecipe):
     val_max: int = option(200, "most held-out images", "data", check=">0")
     teacher: str = option("vit_h", "the teacher: SAM's ViT image encoder (vit_tiny: 2 blocks, for tests)", "teacher",
                           tuple(TEACHERS))
-    teacher_weights: str | None = option(None, "the teacher's SAM checkpoint, path or URL (none: Meta's release of "
-                                               "the teacher, downloaded once)", "teacher")
+    teacher_weights: str | None = option(None, "the teacher's SAM checkpoint: path, URL or hf-hub:ORG/REPO:FILE "
+                                               "(none: Meta's release of the teacher, downloaded once)", "teacher")
     teacher_cache: str | None = option(None, "folder of cached teacher embeddings, shared by runs (none: "
                                              "~/.cache/repvit/sam-teacher)", "teacher")
     shard_size: int = option(64, "images per cache shard", "teacher", check=">0")

@@ -123,7 +123,8 @@ def sam_input(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int
 def create_sam(weights=None, *, deploy: bool = False, img_size: int = 1024) -> nn.Module:
     """A ``segment_anything.modeling.Sam`` with the RepViT-SAM encoder, in eval mode.
 
-    ``weights``: a path, an https:// URL or ``"repvit_sam"`` (the release, downloaded once into the
+    ``weights``: a path, an https:// URL, a Hub file ``hf-hub:ORG/REPO:FILE`` (a Space:
+    ``hf-hub:spaces/ORG/NAME:FILE``) or ``"repvit_sam"`` (the release, downloaded once into the
     torch hub cache); the official file and our own (:func:`save_sam`, fused or not) load without
     editing. ``deploy``: reparameterize the encoder (the rest has nothing to fuse); a fused file
     always gives a fused model. ``img_size``: the square input (1024 as released; smaller ones give
@@ -161,7 +162,7 @@ def random_sam(img_size: int = 1024, *, deploy: bool = False, seed: int = 0) -> 
 
 def read_sam_state(source) -> tuple[dict, bool, Path]:
     """``(state dict in this package's names, whether the encoder is reparameterized, file)`` of a
-    RepViT-SAM checkpoint: a path, a URL or a name in :data:`SAM_WEIGHTS`."""
+    RepViT-SAM checkpoint: a path, a URL, an ``hf-hub:`` file or a name in :data:`SAM_WEIGHTS`."""
     path = resolve_source(SAM_WEIGHTS.get(str(source), source))
     state = read_state_dict(path)
     features = {k[len(_ENCODER):]: v for k, v in state.items() if k.startswith(_ENCODER + "features.")}

@@ -105,8 +105,9 @@ class TrainRecipe(Recipe):
     # ---- model
     model: str = _opt("repvit_m0_9", "model name (repvit models)", "model")
     num_classes: int | None = _opt(None, "classifier outputs; default: the number of class folders", "model")
-    finetune: str | None = _opt(None, "initialise from a checkpoint (path, URL or registered name); the "
-                                      "classifier is dropped when its classes differ", "model")
+    finetune: str | None = _opt(None, "initialise from a checkpoint (path, URL, registered name or "
+                                      "hf-hub:ORG/REPO[:FILE]); the classifier is dropped when its classes differ",
+                                "model")
     drop_rate: float = _opt(0.0, "dropout before the classifier", "model", check=">=0")
     qat: bool = _opt(False, "quantization-aware fine-tuning of the deployed model (int8, XNNPACK) from "
                             "finetune weights of these classes; writes model-best-int8.pte", "model")
@@ -156,8 +157,8 @@ class TrainRecipe(Recipe):
     distillation: str = _opt("hard", "none, soft or hard (DeiT-style, with a distillation head)", "distillation",
                              ("none", "soft", "hard"))
     teacher: str = _opt("regnety_160", "teacher: a timm or repvit model name", "distillation")
-    teacher_weights: str | None = _opt(DEIT_REGNETY160_URL, "teacher checkpoint (path, URL or registered name)",
-                                       "distillation")
+    teacher_weights: str | None = _opt(DEIT_REGNETY160_URL, "teacher checkpoint (path, URL, registered name or "
+                                       "hf-hub:ORG/REPO[:FILE])", "distillation")
     distillation_alpha: float = _opt(0.5, "weight of the distillation term", "distillation", check="0..1")
     distillation_tau: float = _opt(1.0, "soft distillation temperature", "distillation")
     # ---- runtime

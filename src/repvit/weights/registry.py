@@ -25,10 +25,18 @@ class WeightEntry:
     distillation: bool = True
     num_classes: int = 1000
     source: str = "official training log (best epoch)"
+    #: The same weights on the Hugging Face Hub (timm's re-upload, in timm's key layout), tried when
+    #: the GitHub release cannot be downloaded.
+    hf_hub_id: str | None = None
 
     @property
     def arch(self) -> str:
         return self.name.split(".", 1)[0]
+
+    @property
+    def hub_source(self) -> str | None:
+        """The Hub alternate as a weight source (``"hf-hub:timm/..."``), or None."""
+        return f"hf-hub:{self.hf_hub_id}:model.safetensors" if self.hf_hub_id else None  # what timm publishes
 
 
 _V2_RELEASE = "https://github.com/THU-MIG/RepViT/releases/download/v1.0/"
@@ -54,15 +62,19 @@ for _arch, _r300, _r450 in (
     ("m1_5", (82.290, 95.94), (82.478, 96.04)),
     ("m2_3", (83.304, 96.47), (83.674, 96.57)),
 ):
-    _register_weights(WeightEntry(f"repvit_{_arch}.dist_300e", f"{_V2_RELEASE}repvit_{_arch}_distill_300e.pth", *_r300, 300))
-    _register_weights(WeightEntry(f"repvit_{_arch}.dist_450e", f"{_V2_RELEASE}repvit_{_arch}_distill_450e.pth", *_r450, 450), default=True)
-_register_weights(
+    for _epochs, _result in ((300, _r300), (450, _r450)):
+        _register_weights(WeightEntry(f"repvit_{_arch}.dist_{_epochs}e",
+                                      f"{_V2_RELEASE}repvit_{_arch}_distill_{_epochs}e.pth", *_result, _epochs,
+                                      hf_hub_id=f"timm/repvit_{_arch}.dist_{_epochs}e_in1k"),
+                          default=_epochs == 450)
+_register_weights(  # not on the Hub: timm has no M0.6
     WeightEntry("repvit_m0_6.dist_300e", f"{_V2_RELEASE}repvit_m0_6_distill_300e.pth", 74.1, None, 300,
                 source="official README"),
     default=True,
 )
 for _arch, _r300 in (("m1", (78.468, 93.94)), ("m2", (80.570, 95.04)), ("m3", (81.432, 95.55))):
-    _register_weights(WeightEntry(f"repvit_{_arch}.dist_300e", f"{_V1_RELEASE}repvit_{_arch}_distill_300.pth", *_r300, 300), default=True)
+    _register_weights(WeightEntry(f"repvit_{_arch}.dist_300e", f"{_V1_RELEASE}repvit_{_arch}_distill_300.pth",
+                                  *_r300, 300, hf_hub_id=f"timm/repvit_{_arch}.dist_in1k"), default=True)
 
 
 def list_weights(pattern: str = "*") -> list[str]:
