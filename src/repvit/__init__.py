@@ -16,6 +16,7 @@ from .factory import create_model
 from .models import RepViT, RepViTFeatures, list_models
 from .reparam import reparameterize
 from .specs import RepViTSpec
+from .train.pretrained import push_to_hub, save_pretrained
 from .utils import __version__
 from .weights import CheckpointError, default_weights, list_weights, load_weights, read_checkpoint, save_weights
 
@@ -30,6 +31,8 @@ __all__ = [
     "reparameterize",
     "load_weights",
     "save_weights",
+    "save_pretrained",
+    "push_to_hub",
     "read_checkpoint",
     "list_weights",
     "default_weights",

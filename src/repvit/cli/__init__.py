@@ -1,8 +1,8 @@
 """The ``repvit`` command: a thin layer over the library (each command calls one function).
 
 One module per command group builds its parsers and handlers: :mod:`.models` (models, predict),
-:mod:`.deploy` (export, quantize-eval), :mod:`.measure` (bench, roadmap), :mod:`.training` (train,
-val, quickstart), :mod:`.dense` (detect, segment), :mod:`.sam` (sam predict, sam auto). Nothing in
+:mod:`.deploy` (export, quantize-eval, push-to-hub), :mod:`.measure` (bench, roadmap), :mod:`.training` (train,
+val, quickstart), :mod:`.dense` (detect, segment), :mod:`.sam` (sam predict, auto, export, bench, distill, app). Nothing in
 the package imports this one.
 """
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="repvit", description="RepViT models: build, reparameterize, load weights, predict.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"repvit {__version__}")
+    parser.add_argument("--version", action="version", version=f"repvit {__version__} (repvit-toolkit)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in (models, deploy, measure, training, dense, sam):
         group.add_commands(commands)

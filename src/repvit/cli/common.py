@@ -25,8 +25,11 @@ EXAMPLES = """examples:
   repvit models --json               the same as JSON
   repvit predict cat.jpg --model repvit_m0_9 --weights repvit_m0_9.dist_450e
   repvit predict a.png b.png --model repvit_m1_1 --weights ./my_checkpoint.safetensors --topk 3
+  repvit predict cat.jpg --model repvit_m0_9 --weights hf-hub:timm/repvit_m0_9.dist_450e_in1k
   repvit export repvit_m0_9 --format onnx executorch coreml --out exports/
   repvit export repvit_m0_9 --format litert ncnn openvino       Android/embedded runtimes, each checked
+  repvit export repvit_m0_9 --weights runs/train/checkpoint-best.pth --format timm --out hub/m0_9   a folder plain timm loads
+  repvit push-to-hub hub/m0_9 you/repvit-m0_9 --private       upload it to the Hugging Face Hub
   repvit export repvit_m0_9 --weights best.pth --format executorch --int8 --calib ./flowers   int8 (PT2E, XNNPACK)
   repvit quantize-eval repvit_m0_9 --weights best.pth --data ./flowers   top-1 of fp32 vs int8 per runtime
   repvit bench --models repvit_m0_9,timm:repvit_m0_9,mobilenetv3_large_100 --runtimes eager,executorch

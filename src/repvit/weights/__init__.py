@@ -7,13 +7,13 @@ writer and the one safe reader of torch files, which every checkpoint of the pac
 """
 
 from .checkpoint import Checkpoint, read_checkpoint, read_state_dict
-from .convert import convert_state_dict, to_official
-from .download import cache_dir, resolve_source
+from .convert import convert_state_dict, to_official, to_timm
+from .download import HubSource, cache_dir, parse_hub_source, resolve_source
 from .files import CheckpointError, DiskFullError, WriteError, atomic_save, atomic_write, load_torch_file
 from .load import first_mismatch, load_weights, save_weights
 from .registry import WeightEntry, default_weights, get_weight_entry, list_weights
 
 __all__ = ["CheckpointError", "WeightEntry", "Checkpoint", "list_weights", "get_weight_entry", "default_weights",
-           "read_checkpoint", "read_state_dict", "convert_state_dict", "to_official", "load_weights", "save_weights", "cache_dir",
+           "read_checkpoint", "read_state_dict", "convert_state_dict", "to_official", "to_timm", "load_weights", "save_weights", "cache_dir",
            "resolve_source", "atomic_write", "atomic_save", "load_torch_file", "first_mismatch", "DiskFullError",
-           "WriteError"]
+           "WriteError", "HubSource", "parse_hub_source"]

@@ -1,5 +1,5 @@
 """Key conversion, pure functions on state dicts: official (THU-MIG/RepViT) and timm layouts to
-this package's names, DDP/compile prefixes, and the legacy (v1) token mixer to the current form."""
+this package's names and back, DDP/compile prefixes, and the legacy (v1) token mixer to the current form."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from .files import CheckpointError
 
-__all__ = ["convert_state_dict", "to_official", "strip_wrappers", "legacy_to_current"]
+__all__ = ["convert_state_dict", "to_official", "to_timm", "strip_wrappers", "legacy_to_current"]
 
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -179,6 +179,33 @@ def to_official(state: dict) -> dict:
     for (_, official, ours), converted in zip(renamed, back):
         if ours != converted:
             raise CheckpointError(f"{ours!r}: its official name {official!r} does not convert back ({converted!r})")
+    return out
+
+
+# The segment renames read backwards: this package's segment (after ours of the preceding one) -> timm's.
+_TIMM_SEGMENTS = {(prev, ours): theirs for (prev, theirs), ours in _SEGMENT_RENAMES.items()}
+
+
+def to_timm(state: dict) -> dict:
+    """A state dict in this package's names (training or reparameterized structure) renamed to
+    timm's ``repvit_*`` layout (``stem.conv1.c``, ``token_mixer.conv``, ``head.head.l``, ...): the
+    inverse of :func:`convert_state_dict` on timm checkpoints, checked by converting the result back.
+    Whether timm's model of that name has exactly these tensors is the caller's check (the names
+    alone cannot tell a variant)."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        renamed = [parts[0]]
+        for prev, seg in zip(parts, parts[1:]):
+            renamed.append(_TIMM_SEGMENTS.get((prev, seg)) or _TIMM_SEGMENTS.get(("*", seg)) or seg)
+        out[".".join(renamed)] = value
+    if len(out) != len(state):
+        raise CheckpointError("two tensors have the same timm name; expected a state dict in this package's names")
+    back, _ = convert_state_dict(out)
+    for ours, (theirs, converted) in zip(state, zip(out, back)):
+        if ours != converted:  # not in this package's names (already timm's, official, wrapped, ...)
+            raise CheckpointError(f"{ours!r}: its timm name {theirs!r} does not convert back ({converted!r}); "
+                                  "expected a state dict in this package's names")
     return out
 
 
