@@ -12,7 +12,9 @@ install: $(STAMP)
 
 # constraints.txt holds the versions tested together: alone, pip's resolver gives up ("resolution-too-deep")
 # between litert-torch's xdsl pin (typing_extensions < 4.13) and the newest gradio/pydantic/selenium.
-# After changing dependencies: install, run make test, then .venv/bin/pip freeze --exclude-editable > constraints.txt
+# After changing dependencies: .venv/bin/pip install -e '.[all]' -c constraints.txt, run make test, then
+# .venv/bin/pip freeze --exclude-editable | grep -v '^py-spy' > constraints.txt
+# The core install (pip install repvit-toolkit, no extras) needs no constraints.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

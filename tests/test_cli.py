@@ -115,7 +115,7 @@ def test_bad_arguments(capsys):
 
 def test_console_entry_point():
     out = subprocess.run([sys.executable, "-m", "repvit", "--version"], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == f"repvit {repvit.__version__}"
+    assert out.stdout.strip() == f"repvit {repvit.__version__} (repvit-toolkit)"
 
 
 def test_errors_name_options_as_typed(tmp_path, monkeypatch, capsys):

@@ -24,7 +24,7 @@ COMPAT = {"__init__", "__main__", "complexity", "published", "predict", "recipe"
 #: function-local imports allowed. torch.utils.tensorboard is torch's, but needs ``tensorboard``.
 OPTIONAL = {"onnx", "onnxruntime", "onnxscript", "executorch", "torchao", "coremltools", "litert_torch",
             "ai_edge_litert", "pnnx", "ncnn", "openvino", "pycocotools", "segment_anything", "efficientsam", "sam2",
-            "gradio", "torch.utils.tensorboard"}
+            "gradio", "torch.utils.tensorboard", "matplotlib", "sklearn", "threadpoolctl"}
 
 
 def module_name(path: Path) -> str:

@@ -1,4 +1,7 @@
-"""The quickstart's embedded dataset: scikit-learn's handwritten digits as an ImageFolder tree."""
+"""The quickstart's embedded dataset: scikit-learn's handwritten digits as an ImageFolder tree.
+
+scikit-learn is optional (``pip install 'repvit-toolkit[quickstart]'``): only writing the tree needs it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
+
+from ..utils.extras import require_extra
 
 __all__ = ["make_digits_image_folder"]
 
@@ -15,12 +19,15 @@ def make_digits_image_folder(root, img_size: int = 32, val_fraction: float = 0.2
     """Write scikit-learn's 1797 handwritten digits (8x8, 10 classes) as an ImageFolder tree.
 
     Images are upscaled to ``img_size`` (bicubic) as RGB PNGs; the split is a fixed, stratified
-    ``val_fraction`` per class. Idempotent: an existing complete tree is reused.
+    ``val_fraction`` per class. Idempotent: an existing complete tree is reused (without scikit-learn).
     """
     root = Path(root)
     marker = root / ".complete"
     if marker.is_file() and marker.read_text() == f"{img_size},{val_fraction},{seed}":
         return root
+    require_extra(["sklearn"], "quickstart")
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     rng = np.random.default_rng(seed)
     for label in range(10):

@@ -10,6 +10,7 @@ machines are only comparable within one run.
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import time
@@ -19,18 +20,19 @@ from typing import Callable
 
 import torch
 from rich.progress import Progress
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ..data import calibration_images
 from ..export import FORMATS, export_executorch, load_executorch, set_executorch_threads
-from ..utils import UserError, first_line, param, resolve_device, split_list
+from ..utils import UserError, first_line, missing_extra, param, resolve_device, split_list
 from .complexity import count_macs, count_params
 from .report import BenchReport, empty_row
 from .targets import BenchTarget, resolve_models
 from .timing import interleaved, machine_info, summarize, torch_threads
 
 __all__ = ["RUNTIMES", "INT8_TWINS", "Runtime", "run_bench", "run_throughput", "matmul_peak_gflops"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -214,8 +216,9 @@ def _runner(runtime: str, model: nn.Module, example: torch.Tensor, workdir: Path
 def matmul_peak_gflops(n: int = 1024, repeats: int = 10, workdir=None) -> dict[str, float]:
     """Single-thread float32 ``n x n`` matrix multiply rate (GFLOP/s) per GEMM library here.
 
-    torch (MKL/oneDNN), numpy (its BLAS) and XNNPACK (through ExecuTorch, when installed) often
-    differ by 2x on the same core, so all are reported; the largest is the machine's measured peak.
+    torch (MKL/oneDNN), numpy (its BLAS, held to one thread by threadpoolctl: skipped with a warning
+    without it) and XNNPACK (through ExecuTorch, when installed) often differ by 2x on the same core,
+    so all are reported; the largest is the machine's measured peak.
     Call before anything sets ExecuTorch's threadpool to more than one thread.
     """
     flops = 2 * n**3
@@ -228,8 +231,14 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 10, workdir=None) -> dict[s
 
     with torch_threads(1):
         rates = {"torch": rate(lambda: a @ b)}
-    with threadpool_limits(1):
-        rates["numpy"] = rate(lambda: an @ bn)
+    missing = missing_extra(["threadpoolctl"], "bench")
+    if missing:  # numpy's BLAS would use every core: no single-thread number without threadpoolctl
+        log.warning("numpy's single-thread GEMM rate not measured: %s", missing)
+    else:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            rates["numpy"] = rate(lambda: an @ bn)
     if not RUNTIMES["executorch"].missing():
         try:
             with tempfile.TemporaryDirectory() as tmp:

@@ -1,15 +1,30 @@
 """Plots, drawn with matplotlib's object API (no pyplot state, no backend switching): the Pareto
-plot of the benchmark, the roadmap's latencies, a run's training curves."""
+plot of the benchmark, the roadmap's latencies, a run's training curves.
+
+matplotlib is optional (``pip install 'repvit-toolkit[plots]'``): without it every plot function
+raises a :class:`~repvit.utils.UserError` saying so in one line.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from ..models import get_variant
+from ..utils.extras import require_extra
 
-__all__ = ["save_figure", "plot_pareto", "plot_roadmap", "plot_training_curves", "plot_sam_latency"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["new_figure", "save_figure", "plot_pareto", "plot_roadmap", "plot_training_curves", "plot_sam_latency"]
+
+
+def new_figure(**kwargs) -> Figure:
+    """A matplotlib ``Figure`` (no pyplot state); a one-line error when matplotlib is not installed."""
+    require_extra(["matplotlib"], "plots")
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def save_figure(fig: Figure, path, dpi: int = 120) -> Path:
@@ -26,7 +41,7 @@ def plot_pareto(report, path) -> Path:
     runtimes = list(dict.fromkeys(r["runtime"] for r in report.rows if r["status"] == "ok"))
     if not runtimes:
         raise ValueError("nothing was measured successfully, so there is nothing to plot")
-    fig = Figure(figsize=(6.5 * len(runtimes), 5))
+    fig = new_figure(figsize=(6.5 * len(runtimes), 5))
     axes = fig.subplots(1, len(runtimes), squeeze=False)
     for ax, runtime in zip(axes[0], runtimes):
         points = [r for r in report.rows if r["runtime"] == runtime and r["status"] == "ok"
@@ -57,7 +72,7 @@ def plot_roadmap(result: dict, path) -> Path:
     """Measured and paper latency over the steps (two axes), and top-1 when trained."""
     rows = result["rows"]
     x = list(range(len(rows)))
-    fig = Figure(figsize=(11, 4.8))
+    fig = new_figure(figsize=(11, 4.8))
     ax = fig.subplots()
     ax.plot(x, [r["latency_ms"] for r in rows], "o-", c="tab:red",
             label=f"measured here ({result['runtime']}, {result['env']['threads']} thread)")
@@ -77,7 +92,7 @@ def plot_roadmap(result: dict, path) -> Path:
 def plot_training_curves(history: list[dict], path) -> Path:
     """Train and val loss, and val top-1, over the epochs of a run's history."""
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
     left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     left.plot(epochs, [h.get("val_loss") for h in history], "o-", label="val")
@@ -95,7 +110,7 @@ def plot_training_curves(history: list[dict], path) -> Path:
 def plot_sam_latency(reports: list, path) -> Path:
     """SAM encoders' measured latency (log scale), one group of bars per runtime, one panel per thread
     count (one report each), with the prompt decoder's per-prompt time beside them."""
-    fig = Figure(figsize=(7 * len(reports), 5.4))
+    fig = new_figure(figsize=(7 * len(reports), 5.4))
     axes = fig.subplots(1, len(reports), squeeze=False)
     everyone = list(dict.fromkeys(r["model"] for report in reports for r in report.rows))
     others = iter(("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:gray", "tab:olive", "tab:cyan"))

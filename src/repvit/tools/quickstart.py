@@ -21,6 +21,7 @@ from ..factory import create_model
 from ..reparam import reparameterize
 from ..train import build_eval_loader, evaluate_pair, load_recipe, train
 from ..train.run_folder import holds_run_of
+from ..utils.extras import require_extra
 from .plots import plot_training_curves
 from .timing import machine_info
 
@@ -37,6 +38,7 @@ def _runtime_accuracy(run, loader, reference: torch.nn.Module) -> dict:
 def run_quickstart(model: str = "repvit_m0_9", epochs: int | None = None, output="runs/quickstart",
                    formats=("onnx", "executorch"), seed: int = 0) -> dict:
     """Run the whole quickstart; returns the numbers that ``report.md`` shows."""
+    require_extra(["sklearn", "matplotlib"], "quickstart")  # the digits and the curves: say so before training
     start = time.perf_counter()
     output = Path(output)
     data = make_digits_image_folder(output / "data")
