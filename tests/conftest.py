@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -7,6 +8,15 @@ from torch import nn
 # Under pytest-xdist each worker gets one core: avoid oversubscribing the machine.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _no_hub_network(tmp_path_factory, monkeypatch):
+    """Tests never touch the network: huggingface_hub is offline, with an empty cache of the session's
+    (a registered name whose GitHub download a test makes fail would otherwise try timm's Hub copy)."""
+    from hub_cache import offline_hub
+
+    offline_hub(monkeypatch, tmp_path_factory.getbasetemp() / "hf-hub-cache")
+
 
 TIMM_VARIANTS = ["repvit_m0_9", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "repvit_m2_3",
                  "repvit_m1", "repvit_m2", "repvit_m3"]
@@ -54,6 +64,19 @@ def digits_root(tmp_path_factory):
     from repvit.data import make_digits_image_folder
 
     return make_digits_image_folder(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def digits_subset(digits_root, tmp_path_factory):
+    """The digits with a quarter of the training images (35 per class: 350) and the whole val split (359),
+    for tests of what a run does (sharding, resume, QAT's int8 program) rather than how far it learns."""
+    root = tmp_path_factory.mktemp("digits_subset")
+    shutil.copytree(digits_root / "val", root / "val")
+    for folder in sorted((digits_root / "train").iterdir()):
+        (root / "train" / folder.name).mkdir(parents=True)
+        for image in sorted(folder.glob("*.png"))[:35]:
+            shutil.copy(image, root / "train" / folder.name / image.name)
+    return root
 
 
 def make_image_tree(root, classes=("cat", "dog", "owl"), per_class=6, splits=("train", "val"), size=40):

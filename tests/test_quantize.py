@@ -132,9 +132,10 @@ def test_held_out_images_are_never_calibrated_on(tmp_path):
     assert all(any(torch.equal(h, v) for v in val) for h in held_out)
 
 
-def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, tmp_path, caplog, monkeypatch):
+def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_subset, tmp_path, caplog, monkeypatch):
+    # fine-tuned on a quarter of the training images (every val image still checks the int8 program)
     common = dict(finetune=str(trained), qat=True, epochs=2, warmup_epochs=0, lr=1e-4, model_ema=True)
-    whole = train(load_recipe("digits", model=MODEL, data=str(digits_root), output=str(tmp_path / "a"), **common))
+    whole = train(load_recipe("digits", model=MODEL, data=str(digits_subset), output=str(tmp_path / "a"), **common))
     assert whole.deployed_best.name == "model-best-int8.pte" and whole.deployed_best.is_file()
     int8 = json.loads((tmp_path / "a" / "int8.json").read_text())
     assert int8["images"] == 359 and int8["agreement"] >= 95 and int8["top1"] > 80
@@ -143,18 +144,18 @@ def test_qat_finetunes_the_int8_graph_and_resumes_exactly(trained, digits_root, 
     assert state["qat"] and state["recipe"]["model_ema"] is False and state["ema"] is None  # turned off by --qat
     assert any("activation_post_process" in k for k in state["state_dict"])
     # interrupted after one epoch, then resumed: the same run
-    first = train(load_recipe("digits", model=MODEL, data=str(digits_root), output=str(tmp_path / "b"),
+    first = train(load_recipe("digits", model=MODEL, data=str(digits_subset), output=str(tmp_path / "b"),
                               stop_after_epochs=1, **common))
     assert first.last_epoch == 1 and not (tmp_path / "b" / "model-best-int8.pte").exists()
     # the same run-folder guarantees as any run: as if killed between checkpoint-last and checkpoint-best
     (tmp_path / "b" / "checkpoint-best.pth").unlink()
     with pytest.raises(RunFolderError, match="holds a run already"):
-        train(load_recipe("digits", model=MODEL, data=str(digits_root), output=str(tmp_path / "b"), **common))
+        train(load_recipe("digits", model=MODEL, data=str(digits_subset), output=str(tmp_path / "b"), **common))
     monkeypatch.setattr(logging.getLogger("repvit"), "propagate", True)  # the CLI (another test) turns it off
     # the int8 conversion at the end was checked on run "a": skip it here (it is most of a run's time)
     monkeypatch.setattr("repvit.train.classification._export_int8_best", lambda run: None)
     with caplog.at_level(logging.WARNING, logger="repvit"):
-        resumed = train(load_recipe("digits", model=MODEL, data=str(digits_root), output=str(tmp_path / "b"),
+        resumed = train(load_recipe("digits", model=MODEL, data=str(digits_subset), output=str(tmp_path / "b"),
                                     resume="auto", **common))
     assert "repaired: checkpoint-best.pth held nothing, the run's best is epoch 1" in caplog.text
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]

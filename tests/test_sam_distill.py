@@ -205,11 +205,12 @@ def test_two_process_distillation_writes_a_checkpoint_create_sam_and_the_officia
     assert "image_encoder.features.0.0.c.weight" in state  # the released checkpoint's layout
     sam = create_sam(output / "repvit_sam.pt", img_size=SIZE)
     best = torch.load(output / "checkpoint-best.pth", weights_only=True)
+    loaded = sam.state_dict()  # once: building a state_dict per key made this loop quadratic (~10 s)
     for key, value in best["state_dict"].items():  # the best student...
-        assert torch.equal(sam.image_encoder.state_dict()[key], value)
+        assert torch.equal(loaded[f"image_encoder.{key}"], value)
     for key, value in teacher.state_dict().items():  # ... with the teacher's prompt encoder and mask decoder
         if not key.startswith("image_encoder."):
-            assert torch.equal(sam.state_dict()[key], value)
+            assert torch.equal(loaded[key], value)
     official = OfficialSamEncoder()  # the official code's encoder loads its part strictly
     official.load_state_dict({k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")})
     x = torch.randn(1, 3, SIZE, SIZE)
