@@ -265,3 +265,15 @@ def test_without_dns_a_hub_source_fails_at_once_and_a_cached_one_still_loads(hub
 
     populate_hf_cache(hub, M09_REPO, {"model.safetensors": timm_m09[1]})
     _same_logits(repvit.create_model("repvit_m0_9", weights=f"hf-hub:{M09_REPO}"), timm_m09[0])
+
+
+def test_a_run_checkpoint_on_the_hub(hub, tmp_path):
+    """`detect val/predict` and `segment val/predict/export` take their --weights through the same resolver."""
+    from repvit.train.checkpoint import read_run_checkpoint
+
+    buffer = io.BytesIO()
+    torch.save({"format": "repvit-detect", "epoch": 3}, buffer)
+    populate_hf_cache(hub, "org/detector", {"checkpoint-best.pth": buffer.getvalue()})
+    assert read_run_checkpoint("hf-hub:org/detector:checkpoint-best.pth", "detect")["epoch"] == 3
+    with pytest.raises(CheckpointError, match="not a checkpoint of `repvit segment train`"):
+        read_run_checkpoint("hf-hub:org/detector:checkpoint-best.pth", "segment")

@@ -29,6 +29,8 @@ from .common import add_device_argument, add_recipe_arguments, is_main_process, 
 
 __all__ = ["add_commands"]
 
+_CHECKPOINT_HELP = "a checkpoint of this task's train command: path, https:// URL or hf-hub:ORG/REPO:FILE"
+
 _LAYOUTS = {"segment": "ROOT/images/{training,validation}/*.jpg + ROOT/annotations/...*.png",
             "detect": "ROOT/annotations/instances_{train,val}2017.json + ROOT/{train,val}2017/"}
 _HELP = {"segment": "semantic segmentation (Semantic FPN) on a RepViT backbone",
@@ -47,7 +49,7 @@ def add_commands(commands) -> None:
         _add_val_parser(actions, task)
         p = actions.add_parser("predict", help="draw the predictions onto images, saved as PNG")
         p.add_argument("images", nargs="+", metavar="IMAGE")
-        p.add_argument("--weights", required=True, metavar="CKPT")
+        p.add_argument("--weights", required=True, metavar="CKPT", help=_CHECKPOINT_HELP)
         p.add_argument("--out", default=f"runs/{task}/predictions", metavar="DIR")
         add_device_argument(p)
         if task == "detect":
@@ -55,7 +57,7 @@ def add_commands(commands) -> None:
         p.set_defaults(func=_ACTIONS[task, "predict"])
         if task == "segment":
             p = actions.add_parser("export", help="export the deployed segmenter (ONNX, ...) with parity checks")
-            p.add_argument("--weights", required=True, metavar="CKPT")
+            p.add_argument("--weights", required=True, metavar="CKPT", help=_CHECKPOINT_HELP)
             p.add_argument("--format", nargs="+", default=["onnx"])
             p.add_argument("--img-size", type=int, default=512)
             p.add_argument("--out", default="exports", metavar="DIR")
@@ -64,7 +66,7 @@ def add_commands(commands) -> None:
 
 def _add_val_parser(actions, task: str) -> None:
     p = actions.add_parser("val", help="evaluate a trained checkpoint")
-    p.add_argument("--weights", required=True, metavar="CKPT")
+    p.add_argument("--weights", required=True, metavar="CKPT", help=_CHECKPOINT_HELP)
     p.add_argument("--data", default=None, help="dataset root (default: the one it was trained on)")
     if task == "detect":
         p.add_argument("--val-ann", default=None)

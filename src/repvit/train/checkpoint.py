@@ -16,6 +16,7 @@ import torch
 
 from ..utils import param
 from ..weights import CheckpointError, atomic_write, load_torch_file
+from ..weights.download import is_remote, resolve_source
 from ..weights.files import append_text
 
 __all__ = ["LAST", "BEST", "locate_run", "resume_path", "read_run_checkpoint", "write_metrics", "rng_state"]
@@ -54,8 +55,11 @@ def run_command(kind: str) -> str:
 
 
 def read_run_checkpoint(path, kind: str, argument: str | None = None) -> dict:
-    """A checkpoint written by ``repvit <kind> train``; ``argument`` names the parameter it came from."""
+    """A checkpoint written by ``repvit <kind> train`` (a path, URL or Hub file); ``argument`` names the
+    parameter it came from."""
     label = f"{param(argument)} {path}" if argument else str(path)
+    if is_remote(path):
+        path = resolve_source(path)
     state = load_torch_file(path, label=label)
     if not isinstance(state, dict) or state.get("format") != f"repvit-{kind}":
         raise CheckpointError(f"{label}: not a checkpoint of `{run_command(kind)}`")

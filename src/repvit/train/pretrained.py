@@ -39,7 +39,7 @@ from ..factory import create_model
 from ..models import MIN_INPUT_SIZE, RepViT, RepViTFeatures, get_variant
 from ..utils import UserError, __version__, first_line, param
 from ..weights import CheckpointError, atomic_write, first_mismatch, load_torch_file, read_checkpoint, to_timm
-from ..weights.download import HF_HUB_PREFIX
+from ..weights.download import is_remote
 from ..weights.files import TEMPORARY_NAME
 from ..weights.registry import registered_weights
 from .run_folder import METRICS
@@ -289,8 +289,8 @@ def _public_recipe(recipe: dict) -> dict:
     out = {k: v for k, v in recipe.items() if k not in _MACHINE_KEYS}
     for key in _PATH_KEYS:
         value = out.get(key)
-        if isinstance(value, str) and "://" not in value and not value.startswith(HF_HUB_PREFIX) \
-                and registered_weights(value) is None and Path(value).name != value:
+        if isinstance(value, str) and not is_remote(value) and registered_weights(value) is None \
+                and Path(value).name != value:
             out[key] = Path(value).name
     return out
 

@@ -35,11 +35,13 @@ from ..utils import first_line
 from .files import CheckpointError, sha256_of
 from .registry import WeightEntry, default_weights, get_weight_entry, registered_weights
 
-__all__ = ["cache_dir", "resolve_source", "HubSource", "parse_hub_source", "HF_HUB_PREFIX", "HUB_DEFAULT_FILES"]
+__all__ = ["cache_dir", "resolve_source", "is_remote", "HubSource", "parse_hub_source", "HF_HUB_PREFIX",
+           "HUB_DEFAULT_FILES"]
 
 log = logging.getLogger(__name__)
 
 HF_HUB_PREFIX = "hf-hub:"
+_HUB_PREFIXES = (HF_HUB_PREFIX, "hf_hub:")  # timm accepts both spellings
 #: Tried in order when a Hub source names no file: what timm and transformers publish.
 HUB_DEFAULT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HUB_SYNTAX = "hf-hub:ORG/REPO[@REVISION][:FILENAME] or hf-hub:spaces/ORG/NAME:FILENAME"
@@ -149,7 +151,7 @@ def parse_hub_source(text: str) -> HubSource:
     """``hf-hub:ORG/REPO[@REVISION][:FILENAME]`` (also ``spaces/``/``datasets/`` before ORG) as a
     :class:`HubSource`; anything else is a one-line :class:`CheckpointError`."""
     text = str(text)
-    prefix = next((p for p in (HF_HUB_PREFIX, "hf_hub:") if text.startswith(p)), None)  # timm accepts both
+    prefix = next((p for p in _HUB_PREFIXES if text.startswith(p)), None)
 
     def bad(why: str) -> CheckpointError:
         return CheckpointError(f"{text}: {why}; expected {_HUB_SYNTAX}, e.g. hf-hub:timm/repvit_m0_9.dist_450e_in1k")
@@ -273,6 +275,11 @@ def _resolve_registered(entry: WeightEntry, sha256: str | None) -> Path:
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
 
 
+def is_remote(source) -> bool:
+    """Whether ``source`` names a download (a URL or a Hub file) rather than a local path or a name."""
+    return str(source).startswith(("https://", "http://", *_HUB_PREFIXES))
+
+
 def resolve_source(source, sha256: str | None = None) -> Path:
     """A local path for ``source``: a path, an ``http(s)://`` URL (cached), a registered name, or a
     Hugging Face Hub file ``hf-hub:ORG/REPO[@REVISION][:FILENAME]`` (``hf-hub:spaces/ORG/NAME:FILE``
@@ -282,7 +289,7 @@ def resolve_source(source, sha256: str | None = None) -> Path:
     text = str(source)
     if text.startswith(("https://", "http://")):
         return _download(text, sha256)
-    if text.startswith((HF_HUB_PREFIX, "hf_hub:")):
+    if text.startswith(_HUB_PREFIXES):
         path = _resolve_hub(text)
         if sha256 and sha256_of(path) != sha256.lower():
             raise CheckpointError(f"{text}: sha256 of {path} is {sha256_of(path)}, expected {sha256}")
