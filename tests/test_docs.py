@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
-PAGES = ["index", "getting-started", "models", "training", "reliability", "deployment", "benchmarks", "dense",
+PAGES = ["index", "getting-started", "models", "training", "reliability", "deployment", "sharing", "benchmarks", "dense",
          "sam", "cli", "testing", "layout", "api"]
 # Tables written by a command into benchmarks/results/, and the pages that show them as written.
 GENERATED_TABLES = {

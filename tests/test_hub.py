@@ -277,3 +277,21 @@ def test_a_run_checkpoint_on_the_hub(hub, tmp_path):
     assert read_run_checkpoint("hf-hub:org/detector:checkpoint-best.pth", "detect")["epoch"] == 3
     with pytest.raises(CheckpointError, match="not a checkpoint of `repvit segment train`"):
         read_run_checkpoint("hf-hub:org/detector:checkpoint-best.pth", "segment")
+
+
+def test_a_proxy_or_dropped_connection_is_one_line_with_the_fetch_hint(hub, monkeypatch):
+    """huggingface_hub's HTTP client raises its own transport errors (not OSError)."""
+    import httpx2
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(download, "_hub_host_resolves", lambda: True)
+
+    def proxy_down(*args, **kwargs):
+        raise httpx2.ProxyError("407 Proxy Authentication Required")
+
+    monkeypatch.setattr(download, "hf_hub_download", proxy_down)
+    with pytest.raises(CheckpointError) as err:
+        resolve_source(f"hf-hub:{M09_REPO}")
+    message = str(err.value)
+    assert "\n" not in message and "could not download model.safetensors from the Hugging Face Hub (" in message
+    assert "407 Proxy" in message and f"`hf download {M09_REPO} model.safetensors" in message

@@ -81,7 +81,7 @@ def test_metadata(dist):
     assert meta["License-Expression"] == "Apache-2.0" and meta["Description-Content-Type"] == "text/markdown"
     assert "Paper, https://arxiv.org/abs/2307.09283" in meta.get_all("Project-URL")
     core = {canonicalize_name(Requirement(r).name) for r in meta.get_all("Requires-Dist") if "extra ==" not in r}
-    assert core == {"torch", "torchvision", "timm", "safetensors", "pillow", "numpy", "pyyaml", "rich"}
+    assert core == {"torch", "torchvision", "timm", "huggingface-hub", "safetensors", "pillow", "numpy", "pyyaml", "rich"}
     assert {"plots", "quickstart", "bench", "export", "all"} <= set(meta.get_all("Provides-Extra"))
 
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -145,6 +146,9 @@ def test_a_distilled_model_with_given_metrics(tmp_path):
     assert config["pretrained_cfg"]["input_size"] == [3, 64, 64] and config["pretrained_cfg"]["pool_size"] == [2, 2]
     assert "| top-1 (%) | 91.5 |" in (out / "README.md").read_text()
     assert model.training  # the caller's model is untouched
+    # a bfloat16 (or CUDA) model is written as timm's float32 files
+    repvit.save_pretrained(model.to(torch.bfloat16), tmp_path / "bf16", class_names=list("abcd"), img_size=64)
+    assert next(model.parameters()).dtype == torch.bfloat16
 
 
 def test_to_timm_inverts_the_timm_conversion():
@@ -198,7 +202,11 @@ def hub_calls(monkeypatch):
 
     record("create_repo", lambda repo_id, **_: SimpleNamespace(repo_id=repo_id))
     record("create_branch")
-    record("upload_folder", lambda **kw: SimpleNamespace(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/1"))
+    def upload(folder_path, repo_id, **_):  # what would be sent, read while the staged folder exists
+        calls["uploaded"] = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/1")
+
+    record("upload_folder", upload)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     return calls
 
@@ -210,10 +218,24 @@ def test_push_to_hub(saved, tmp_path, hub_calls, capsys):
     assert hub_calls["create_repo"] == ((REPO,), {"private": True, "exist_ok": True})
     assert hub_calls["create_branch"] == ((REPO,), {"branch": "v1", "exist_ok": True})
     upload = hub_calls["upload_folder"][1]
-    assert upload["repo_id"] == REPO and upload["folder_path"] == str(folder)
-    assert upload["revision"] == "v1" and upload["commit_message"] == "first"
-    card = (folder / "README.md").read_text()  # the card now names the repository
+    assert upload["repo_id"] == REPO and upload["revision"] == "v1" and upload["commit_message"] == "first"
+    sent = hub_calls["uploaded"]
+    assert sorted(sent) == sorted(HUB_FILES) and sent["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    card = sent["README.md"].decode()  # the uploaded card names the repository ...
     assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in card and REPO_PLACEHOLDER not in card
+    assert REPO_PLACEHOLDER in (folder / "README.md").read_text()  # ... the folder stays reusable for another repo
+
+
+def test_a_network_failure_during_the_upload_is_one_line(saved, hub_calls, monkeypatch, capsys):
+    import httpx2
+
+    def unreachable(self, **kwargs):
+        raise httpx2.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(HfApi, "upload_folder", unreachable)
+    assert main(["push-to-hub", str(saved.api), REPO]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{REPO}: the upload failed (" in err and "Connection refused" in err
 
 
 def test_push_to_hub_refusals(saved, tmp_path, hub_calls, monkeypatch, capsys):

@@ -34,13 +34,14 @@ def create_model(
         name: a name from :func:`list_models`, e.g. ``"repvit_m0_9"``.
         num_classes: classifier outputs; ``None`` means the checkpoint's, or 1000 without weights.
         distillation: add the distillation head; ``None`` means "as the checkpoint has" (else no).
-        weights: a local checkpoint path, an ``https://`` URL or a registered weight name
-            (see :func:`repvit.list_weights`). Official, timm and repvit checkpoints all load.
+        weights: a local checkpoint path, an ``https://`` URL, a Hugging Face Hub file
+            (``hf-hub:ORG/REPO[@REVISION][:FILENAME]``) or a registered weight name (see
+            :func:`repvit.list_weights`). Official, timm and repvit checkpoints all load.
         features_only: return a :class:`RepViTFeatures` backbone giving the ``out_indices`` stages
             (default all four).
         deploy: build the reparameterized (inference) structure; ``None`` means "as the checkpoint"
             (a reparameterized checkpoint gives a deployed model), else the training structure.
-        sha256: expected checksum of a downloaded ``weights`` URL.
+        sha256: expected checksum of the ``weights`` file.
 
     Returns the model in eval mode when weights are loaded, else in train mode (like timm).
     """

@@ -32,7 +32,7 @@ _EPILOG = """examples:
                                           the fused encoder and the prompt decoder, parity-checked in each runtime
   repvit sam distill --images sa1b/ --teacher vit_h --init repvit_m2_3.dist_450e    distil your own encoder
   torchrun --nproc_per_node 8 -m repvit sam distill --images sa1b/ --teacher vit_h   ... on 8 GPUs
-weights: a path, an https:// URL or repvit_sam (the release, downloaded once; needs pip install 'repvit-toolkit[sam]')
+weights: a path, an https:// URL, hf-hub:ORG/REPO:FILE (a Space: hf-hub:spaces/ORG/NAME:FILE) or repvit_sam (the release, downloaded once; needs pip install 'repvit-toolkit[sam]')
 """
 
 

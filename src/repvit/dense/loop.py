@@ -54,8 +54,8 @@ class DenseRecipe(Recipe):
     """Options every dense task shares; the tasks add theirs and set their paper defaults."""
 
     model: str = option("repvit_m1_1", "backbone (a RepViT model name)", "model")
-    weights: str | None = option(None, "backbone initialisation: a classification checkpoint (path, URL or "
-                                       "registered name)", "model")
+    weights: str | None = option(None, "backbone initialisation: a classification checkpoint (path, URL, "
+                                       "hf-hub:ORG/REPO[:FILE] or registered name)", "model")
     norm_eval: bool = option(True, "keep the backbone's BatchNorm statistics frozen (the paper's setting)", "model")
     data: str | None = option(None, "dataset root", "data")
     batch_size: int = option(2, "images per process per step", "data", check=">0")

@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from ..factory import create_model
 from ..models import MIN_INPUT_SIZE, RepViT, RepViTFeatures, get_variant
 from ..utils import UserError, __version__, first_line, param
 from ..weights import CheckpointError, atomic_write, first_mismatch, load_torch_file, read_checkpoint, to_timm
-from ..weights.download import is_remote
+from ..weights.download import is_network_error, is_remote
 from ..weights.files import TEMPORARY_NAME
 from ..weights.registry import registered_weights
 from .run_folder import METRICS
@@ -121,10 +123,10 @@ def save_pretrained(model, out_dir, *, weights=None, class_names: list[str] | No
     if names is not None and len(names) != net.num_classes:
         raise UserError(f"{param('class_names')} has {len(names)} names, the model has {net.num_classes} classes")
     recipe = source.recipe or {}
-    size = img_size or recipe.get("img_size") or 224
+    size = img_size if img_size is not None else recipe.get("img_size") or 224
     if size < MIN_INPUT_SIZE:
         raise UserError(f"{param('img_size')} must be at least {MIN_INPUT_SIZE}, got {size}")
-    crop = crop_pct or recipe.get("crop_pct") or EVAL_CROP_PCT
+    crop = crop_pct if crop_pct is not None else recipe.get("crop_pct") or EVAL_CROP_PCT
     if not 0 < crop <= 1:
         raise UserError(f"{param('crop_pct')} must be in (0, 1], got {crop}")
     config = timm_config(net, arch, names, size, crop, recipe.get("interpolation") or "bicubic")
@@ -200,7 +202,7 @@ def push_to_hub(folder, repo_id: str, *, private: bool = False, revision: str | 
                 commit_message: str | None = None) -> str:
     """Upload a :func:`save_pretrained` folder to the Hub repository ``repo_id`` (created if needed,
     ``private`` then); returns the commit's URL. The token is huggingface_hub's (``HF_TOKEN`` or
-    ``hf auth login``). The card's usage lines get the repository id before the upload."""
+    ``hf auth login``). The uploaded card's usage lines name the repository; ``folder`` is left as it is."""
     folder = Path(folder)
     _check_hub_folder(folder)
     token = get_token()
@@ -210,13 +212,17 @@ def push_to_hub(folder, repo_id: str, *, private: bool = False, revision: str | 
     api = HfApi(token=token, library_name="repvit", library_version=__version__)
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        _fill_repo_id(folder / CARD, repo_id)
         if revision:  # upload_folder needs the branch to exist
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                                   commit_message=commit_message or f"Upload {_architecture(folder)} with repvit",
-                                   ignore_patterns=["*.tmp", ".*"])
-    except OSError as err:  # HfHubHTTPError (a bad token, no write access, a bad name: the Hub says which), network
+        with tempfile.TemporaryDirectory() as staging:  # the card names this repository; the folder stays reusable
+            staged = Path(staging) / folder.name
+            shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("*.tmp", ".*"))
+            _fill_repo_id(staged / CARD, repo_id)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=str(staged), revision=revision,
+                                       commit_message=commit_message or f"Upload {_architecture(folder)} with repvit")
+    except Exception as err:  # HfHubHTTPError (a bad token, no write access, a bad name: the Hub says which), network
+        if not (isinstance(err, OSError) or is_network_error(err)):
+            raise
         raise UserError(f"{repo_id}: the upload failed ({first_line(err)})") from None
     log.info("uploaded %s to %s: timm.create_model(\"hf-hub:%s\", pretrained=True)", folder, repo_id, repo_id)
     return str(getattr(commit, "commit_url", commit))
@@ -231,7 +237,7 @@ def _resolve(model, weights) -> tuple[RepViT, _Source]:
     if not isinstance(model, str):
         if weights is not None:
             raise UserError(f"{param('weights')} applies to a model name; load the weights into the module first")
-        return copy.deepcopy(model).eval(), _Source()
+        return copy.deepcopy(model).float().cpu().eval(), _Source()  # timm's files are float32, checked on the CPU
     get_variant(model)
     if weights is None:
         raise UserError(f"{param('weights')} is required with a model name: the checkpoint to publish")

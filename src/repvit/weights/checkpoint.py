@@ -116,14 +116,14 @@ class Checkpoint:
 
 
 def read_state_dict(source, sha256: str | None = None) -> dict:
-    """The raw tensors of any checkpoint file (path, URL or registered name), unwrapped from
+    """The raw tensors of any checkpoint file (path, URL, hf-hub: file or registered name), unwrapped from
     training dicts and DDP/compile prefixes but with the original key names (for non-RepViT models)."""
     raw, _ = _read_file(resolve_source(source, sha256))
     return strip_wrappers(raw)
 
 
 def read_checkpoint(source, sha256: str | None = None) -> Checkpoint:
-    """Read ``source`` (path, URL, registered name, or an already-read :class:`Checkpoint`)."""
+    """Read ``source`` (path, URL, hf-hub: file, registered name, or an already-read :class:`Checkpoint`)."""
     if isinstance(source, Checkpoint):
         if sha256:
             raise ValueError("sha256 applies to a file or URL, not to an already-read Checkpoint")

@@ -35,7 +35,7 @@ from ..utils import first_line
 from .files import CheckpointError, sha256_of
 from .registry import WeightEntry, default_weights, get_weight_entry, registered_weights
 
-__all__ = ["cache_dir", "resolve_source", "is_remote", "HubSource", "parse_hub_source", "HF_HUB_PREFIX",
+__all__ = ["cache_dir", "resolve_source", "is_remote", "is_network_error", "HubSource", "parse_hub_source", "HF_HUB_PREFIX",
            "HUB_DEFAULT_FILES"]
 
 log = logging.getLogger(__name__)
@@ -86,14 +86,17 @@ def _fetch_url(url: str, target: Path) -> None:
         raise _Unavailable(f"could not download {url} ({getattr(err, 'reason', None) or err})", offline=True) from None
 
 
-def _check_sha256(target: Path, url: str, sha256: str | None) -> Path:
+def _check_sha256(target: Path, source: str, sha256: str | None, downloaded: bool = False) -> Path:
+    """``target`` when its sha256 is the expected one (or none is expected); a downloaded file that
+    does not match is removed, so the next attempt downloads it again."""
     if sha256:
         actual = sha256_of(target)
         if actual != sha256.lower():
-            target.unlink()
-            raise CheckpointError(
-                f"{url}: sha256 of the downloaded file is {actual}, expected {sha256}; the file was removed"
-            )
+            if downloaded:
+                target.unlink()
+            what = "the downloaded file" if downloaded else str(target)
+            removed = "; the file was removed" if downloaded else ""
+            raise CheckpointError(f"{source}: sha256 of {what} is {actual}, expected {sha256}{removed}")
     return target
 
 
@@ -107,7 +110,7 @@ def _download(url: str, sha256: str | None, registered: bool = False) -> Path:
                 f"{err.reason}. If this machine is offline, download the file on one that is online and pass "
                 f"its local path instead, or copy it to {target}"
             ) from None
-    return _check_sha256(target, url, sha256)
+    return _check_sha256(target, url, sha256, downloaded=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,11 +194,20 @@ def _hub_host_resolves() -> bool:
     return True
 
 
+def is_network_error(err: BaseException) -> bool:
+    """A failure to reach a server: the OS's, or one of the HTTP client's own transport errors (which
+    huggingface_hub's client, httpx or httpx2 by version, does not derive from OSError)."""
+    if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    return any(cls.__module__.split(".")[0] in ("httpx", "httpx2", "requests") and cls.__name__ in
+               ("TransportError", "ConnectionError", "Timeout") for cls in type(err).__mro__)
+
+
 def _hub_file(source: HubSource, local_only: bool = False) -> Path:
     """The local path of ``source``'s file, downloaded into the Hub cache when needed."""
     missing: list[str] = []
     cache_miss = None
-    # Cached files need no network: only go online (and check the host) when none is cached.
+    # No DNS means no network: answer from the cache at once, instead of huggingface_hub's retries.
     if not local_only and not hf_constants.HF_HUB_OFFLINE and not _hub_host_resolves():
         try:
             return _hub_file(source, local_only=True)
@@ -216,9 +228,11 @@ def _hub_file(source: HubSource, local_only: bool = False) -> Path:
                                "`hf auth login` or set HF_TOKEN)") from None
         except RevisionNotFoundError:
             raise _Unavailable(f"no revision {source.revision!r} in {source.repo_id}") from None
-        except (OSError, ValueError) as err:  # HTTP errors (HfHubHTTPError), a full disk, ...
+        except Exception as err:  # HTTP errors (HfHubHTTPError), a full disk, a proxy, a dropped connection
+            if not (isinstance(err, (OSError, ValueError)) or is_network_error(err)):
+                raise
             raise _Unavailable(f"could not download {name} from the Hugging Face Hub ({first_line(err)})",
-                               offline=isinstance(err, ConnectionError)) from None
+                               offline=is_network_error(err)) from None
     if cache_miss is not None:
         raise _Unavailable(f"{cache_miss} is not in the Hugging Face cache and the Hub is unreachable "
                            "or HF_HUB_OFFLINE=1 is set", offline=True)
@@ -290,18 +304,13 @@ def resolve_source(source, sha256: str | None = None) -> Path:
     if text.startswith(("https://", "http://")):
         return _download(text, sha256)
     if text.startswith(_HUB_PREFIXES):
-        path = _resolve_hub(text)
-        if sha256 and sha256_of(path) != sha256.lower():
-            raise CheckpointError(f"{text}: sha256 of {path} is {sha256_of(path)}, expected {sha256}")
-        return path
+        return _check_sha256(_resolve_hub(text), text, sha256)
     entry = registered_weights(text)
     if entry is not None:
         return _resolve_registered(entry, sha256)
     path = Path(text).expanduser()
     if path.is_file():
-        if sha256 and sha256_of(path) != sha256.lower():
-            raise CheckpointError(f"{path}: sha256 does not match the expected {sha256}")
-        return path
+        return _check_sha256(path, text, sha256)
     if path.exists():
         raise CheckpointError(f"{path}: is a directory; expected a checkpoint file")
     if "/" not in text and "." in text and path.suffix.lower() not in _CHECKPOINT_SUFFIXES:

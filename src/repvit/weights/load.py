@@ -74,7 +74,7 @@ def _training_twin(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
 def load_weights(model: nn.Module, source, *, sha256: str | None = None, ignore_head: bool = False) -> Checkpoint:
     """Load ``source`` into ``model`` (strictly: every tensor, or a clear error).
 
-    ``source``: local path, ``https://`` URL, registered weight name or a :class:`Checkpoint`.
+    ``source``: local path, ``https://`` URL, ``hf-hub:`` file, registered weight name or a :class:`Checkpoint`.
     Training checkpoints also load into reparameterized models (loaded unfused, then fused), a
     legacy (v1) token mixer converts exactly into the current form, and feature backbones ignore
     the classifier. ``ignore_head`` loads everything but the classifier (which keeps its current
