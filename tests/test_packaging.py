@@ -257,7 +257,7 @@ def test_a_command_that_needs_an_extra_says_which_in_one_line(core_venv, tmp_pat
     assert not (tmp_path / "qs").exists()  # said before doing anything
 
 
-def test_missing_extras_in_process(monkeypatch, tmp_path):
+def test_missing_extras_in_process(monkeypatch, tmp_path, capsys):
     """The same one-line errors from the library, and the benchmark's peak without threadpoolctl."""
     from repvit.data import make_digits_image_folder
     from repvit.tools import bench, plot_training_curves
@@ -271,3 +271,15 @@ def test_missing_extras_in_process(monkeypatch, tmp_path):
         plot_training_curves([{"epoch": 1, "train_loss": 1.0}], tmp_path / "c.png")
     rates = bench.matmul_peak_gflops(n=64, repeats=2)
     assert set(rates) == {"torch", "peak"} and rates["peak"] == rates["torch"] > 0
+    # --plot without matplotlib fails before any measuring (the measuring functions are not reached)
+    from repvit.cli import main, measure, sam
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("measured before checking for matplotlib")
+
+    for module, name in ((measure, "run_bench"), (measure, "roadmap_report"), (sam, "run_sam_bench")):
+        monkeypatch.setattr(module, name, not_reached)
+    for command in (["bench", "--plot", "p.png"], ["roadmap", "--plot", "p.png"], ["sam", "bench", "--plot", "p.png"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "missing package matplotlib: pip install 'repvit-toolkit[plots]'" in err

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..tools import plot_pareto, plot_roadmap, roadmap_markdown, roadmap_report, run_bench, run_throughput
+from ..tools.plots import require_plots
 from ..tools.report import fmt
 from ..utils import split_list
 from .common import add_parser, console
@@ -68,6 +69,8 @@ def add_commands(commands) -> None:
 
 
 def cmd_bench(args) -> int:
+    if args.plot:
+        require_plots()
     throughput = args.throughput or args.device != "cpu"
     if throughput:
         report = run_throughput(args.models or "repvit", device=args.device, batch=args.batch or 256,
@@ -113,6 +116,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_roadmap(args) -> int:
+    if args.plot:
+        require_plots()
     steps = split_list(args.steps) or None
     result = roadmap_report(args.runtime, threads=args.threads, img_size=args.img_size, warmup=args.warmup,
                             rounds=args.rounds, iters=args.iters, steps=steps, train=args.train, epochs=args.epochs,

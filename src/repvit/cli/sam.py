@@ -13,7 +13,7 @@ from ..sam.distill import SamDistillRecipe, distill_sam
 from ..sam.export import DECODER_FORMATS, check_slots, export_sam_decoder, export_sam_encoder, export_sam_encoder_int8
 from ..sam.predict import Prompt, auto_sam, parse_box, parse_point, predict_sam
 from ..tools import BenchReport
-from ..tools.plots import plot_sam_latency
+from ..tools.plots import plot_sam_latency, require_plots
 from ..tools.report import fmt
 from ..tools.sam_app import MAX_PIXELS, RUNTIMES, launch_app
 from ..tools.sam_bench import SAM_MODELS, run_sam_bench, sam_markdown, sam_ratios
@@ -192,6 +192,8 @@ def _report(result: dict) -> None:
 
 
 def cmd_sam_bench(args) -> int:
+    if args.plot:
+        require_plots()
     report = run_sam_bench(args.models, args.runtimes, threads=args.threads, img_size=args.img_size,
                            warmup=args.warmup, rounds=args.rounds, iters=args.iters, int8=args.int8,
                            decoder=args.decoder, progress=not args.quiet)

@@ -16,12 +16,17 @@ from ..utils.extras import require_extra
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["new_figure", "save_figure", "plot_pareto", "plot_roadmap", "plot_training_curves", "plot_sam_latency"]
+__all__ = ["require_plots", "new_figure", "save_figure", "plot_pareto", "plot_roadmap", "plot_training_curves", "plot_sam_latency"]
+
+
+def require_plots() -> None:
+    """The one-line error when matplotlib is missing: commands call it before a long run, not after."""
+    require_extra(["matplotlib"], "plots")
 
 
 def new_figure(**kwargs) -> Figure:
     """A matplotlib ``Figure`` (no pyplot state); a one-line error when matplotlib is not installed."""
-    require_extra(["matplotlib"], "plots")
+    require_plots()
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
