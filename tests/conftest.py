@@ -9,6 +9,7 @@ from torch import nn
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+
 @pytest.fixture(autouse=True)
 def _no_hub_network(tmp_path_factory, monkeypatch):
     """Tests never touch the network: huggingface_hub is offline, with an empty cache of the session's
@@ -66,17 +67,22 @@ def digits_root(tmp_path_factory):
     return make_digits_image_folder(tmp_path_factory.mktemp("digits"))
 
 
+def sample_image_tree(source, root, per_class: dict):
+    """A copy of the ImageFolder tree ``source`` with the first ``per_class[split]`` images of each class
+    (``None``: all of them) in each split named."""
+    for split, count in per_class.items():
+        for folder in sorted((source / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.glob("*.png"))[:count]:
+                shutil.copy(image, root / split / folder.name / image.name)
+    return root
+
+
 @pytest.fixture(scope="session")
 def digits_subset(digits_root, tmp_path_factory):
     """The digits with a quarter of the training images (35 per class: 350) and the whole val split (359),
     for tests of what a run does (sharding, resume, QAT's int8 program) rather than how far it learns."""
-    root = tmp_path_factory.mktemp("digits_subset")
-    shutil.copytree(digits_root / "val", root / "val")
-    for folder in sorted((digits_root / "train").iterdir()):
-        (root / "train" / folder.name).mkdir(parents=True)
-        for image in sorted(folder.glob("*.png"))[:35]:
-            shutil.copy(image, root / "train" / folder.name / image.name)
-    return root
+    return sample_image_tree(digits_root, tmp_path_factory.mktemp("digits_subset"), {"train": 35, "val": None})
 
 
 def make_image_tree(root, classes=("cat", "dog", "owl"), per_class=6, splits=("train", "val"), size=40):

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import sample_image_tree
 from hub_cache import populate_hf_cache
 from huggingface_hub import HfApi
 from huggingface_hub import constants as hf_constants
@@ -64,12 +65,7 @@ def run(digits_root, tmp_path_factory):
     """A real `repvit train` run of repvit_m0_9 with the digits recipe on the embedded digits (1 epoch on
     3 images per class, evaluated on 2: a few seconds; timm has no M0.6, the quickstart's model)."""
     tmp = tmp_path_factory.mktemp("pretrained")
-    data = tmp / "digits"
-    for split, count in (("train", 3), ("val", 2)):
-        for folder in sorted((digits_root / split).iterdir()):
-            (data / split / folder.name).mkdir(parents=True)
-            for image in sorted(folder.glob("*.png"))[:count]:
-                shutil.copy(image, data / split / folder.name / image.name)
+    data = sample_image_tree(digits_root, tmp / "digits", {"train": 3, "val": 2})
     assert tuple(sorted(p.name for p in (data / "train").iterdir())) == CLASSES
     result = train(load_recipe("digits", model="repvit_m0_9", data=str(data), output=str(tmp / "run"), epochs=1,
                                batch_size=10, img_size=32))

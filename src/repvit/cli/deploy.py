@@ -48,7 +48,7 @@ def add_commands(commands) -> None:
     p.add_argument("--metric", action="append", default=None, metavar="NAME=VALUE",
                    help="--format timm: a metric for the model card (repeatable; a run's checkpoint brings its own)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, runtime_defaults={name: p.get_default(name) for name in _RUNTIME_OPTIONS})
 
     p = add_parser(commands, "push-to-hub", "upload a repvit export --format timm folder to the Hugging Face Hub")
     p.add_argument("folder", metavar="DIR", help="the folder repvit export --format timm wrote")
@@ -99,9 +99,8 @@ def cmd_export(args) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-#: Runtime-export options and their defaults: set with --format timm, they would be silently ignored.
-_RUNTIME_OPTIONS = {"batch": 1, "dynamic_batch": False, "image_input": False, "coreml_precision": "fp32",
-                    "int8": False, "calib": None, "calib_images": 512}
+#: Runtime-export options: set with --format timm, they would be silently ignored.
+_RUNTIME_OPTIONS = ("batch", "dynamic_batch", "image_input", "coreml_precision", "int8", "calib", "calib_images")
 
 
 def _export_timm(args) -> int:
@@ -109,7 +108,7 @@ def _export_timm(args) -> int:
     if others:
         raise UserError(f"{param('format')} timm writes a Hub folder and runs alone; export {', '.join(others)} "
                         "with another repvit export")
-    changed = [name for name, default in _RUNTIME_OPTIONS.items() if getattr(args, name) != default]
+    changed = [name for name, default in args.runtime_defaults.items() if getattr(args, name) != default]
     if changed:
         raise UserError(f"{param(changed[0])} applies to runtime formats, not to {param('format')} timm")
     out = save_pretrained(args.model, args.out or f"exports/{args.model}-timm", weights=args.weights,

@@ -44,7 +44,7 @@ from ..train.process import all_reduce_sum, sample_generator
 from ..utils import UserError, param, resolve_device
 from ..weights import atomic_save, load_weights
 from .export import mask_iou
-from .model import PATCH, RepViTSamEncoder, assemble_sam, official_sam_state, sam_input, save_sam
+from .model import RepViTSamEncoder, assemble_sam, check_img_size, official_sam_state, sam_input, save_sam
 from .teacher import TEACHERS, TeacherCache, list_images, teacher_cache
 
 __all__ = ["SamDistillRecipe", "SamDistillTask", "distill_sam", "teacher_agreement", "agreement_prompts",
@@ -89,9 +89,7 @@ class SamDistillRecipe(DenseRecipe):
                          "output")
 
     def _check(self) -> None:
-        if self.img_size % PATCH or self.img_size < 2 * PATCH:
-            raise UserError(f"{param('img_size')} must be a multiple of {PATCH} (at least {2 * PATCH}), "
-                            f"got {self.img_size}")
+        check_img_size(self.img_size)
 
 
 def held_out_split(files: list[Path], share: float, most: int) -> tuple[list[int], list[int]]:

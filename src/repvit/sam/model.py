@@ -36,7 +36,7 @@ from ..weights import (
     to_official,
 )
 
-__all__ = ["SAM_WEIGHTS", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "assemble_sam", "create_sam",
+__all__ = ["check_img_size", "SAM_WEIGHTS", "RepViTSamEncoder", "sam_encoder_spec", "sam_neck", "assemble_sam", "create_sam",
            "random_sam", "read_sam_state", "save_sam", "official_sam_state", "sam_input"]
 
 #: Released RepViT-SAM weights by name (THU-MIG/RepViT, GitHub release v1.0).
@@ -44,6 +44,12 @@ SAM_WEIGHTS = {"repvit_sam": "https://github.com/THU-MIG/RepViT/releases/downloa
 
 EMBED_DIM = 256  # SAM's prompt / image-embedding width
 PATCH = 16  # input pixels per embedding cell (SAM's ViT patch; here the encoder's total stride)
+
+
+def check_img_size(img_size: int) -> None:
+    """A one-line :class:`UserError` (a ValueError) unless ``img_size`` is a SAM input size."""
+    if img_size % PATCH or img_size < 2 * PATCH:
+        raise UserError(f"{param('img_size')} must be a multiple of {PATCH} (at least {2 * PATCH}), got {img_size}")
 PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # SAM's input normalisation (0-255)
 _ENCODER = "image_encoder."
 _BODY = "image_encoder.body."
@@ -130,8 +136,7 @@ def create_sam(weights=None, *, deploy: bool = False, img_size: int = 1024) -> n
     always gives a fused model. ``img_size``: the square input (1024 as released; smaller ones give
     a proportionally smaller embedding, for tests and experiments).
     """
-    if img_size % PATCH or img_size < 2 * PATCH:
-        raise ValueError(f"{param('img_size')} must be a multiple of {PATCH} (at least {2 * PATCH}), got {img_size}")
+    check_img_size(img_size)
     sam = assemble_sam(RepViTSamEncoder(img_size=img_size), img_size)
     if weights is not None:
         state, fused, path = read_sam_state(weights)

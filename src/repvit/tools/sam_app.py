@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from ..data import load_image, shapes_scene
 from ..dense.segmentation import palette
-from ..export import FORMATS, load_executorch, load_onnx
+from ..export import FORMATS
 from ..reparam import reparameterize
 from ..sam import create_sam, sam_input
 from ..sam.export import (
@@ -174,7 +174,7 @@ def _exported_models(sam, fmt: str, folder: Path, weights) -> tuple:
                             f"{entry['detail'] or entry['parity']}")
         stamp_path.write_text(json.dumps(stamp))
         log.info(f"exported in {time.perf_counter() - start:.0f} s")
-    encoder = load_onnx(encoder_path) if fmt == "onnx" else load_executorch(encoder_path)
+    encoder = FORMATS[fmt].load(encoder_path)
     return encoder, load_decoder(fmt, decoder_path)
 
 

@@ -32,7 +32,6 @@ import timm
 import torch
 import yaml
 from huggingface_hub import HfApi, get_token
-from safetensors.torch import save_file
 from torch import nn
 
 from ..data import EVAL_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -40,10 +39,19 @@ from ..export import parity_tolerance
 from ..factory import create_model
 from ..models import MIN_INPUT_SIZE, RepViT, RepViTFeatures, get_variant
 from ..utils import UserError, __version__, first_line, param
-from ..weights import CheckpointError, atomic_write, first_mismatch, load_torch_file, read_checkpoint, to_timm
+from ..weights import (
+    CheckpointError,
+    atomic_write,
+    first_mismatch,
+    load_torch_file,
+    read_checkpoint,
+    save_weights,
+    to_timm,
+)
 from ..weights.download import is_network_error, is_remote
 from ..weights.files import TEMPORARY_NAME
 from ..weights.registry import registered_weights
+from .recipe import PER_RUN_KEYS
 from .run_folder import METRICS
 
 __all__ = ["save_pretrained", "push_to_hub", "timm_architecture", "HUB_FILES", "REPO_PLACEHOLDER"]
@@ -68,7 +76,7 @@ CITATION = """@inproceedings{wang2024repvit,
 _CFG_FIELDS = ("custom_load", "input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean",
                "std", "num_classes", "pool_size", "first_conv", "classifier", "license")
 # Recipe keys of one invocation or one machine: not part of how the weights were trained.
-_MACHINE_KEYS = ("output", "resume", "overwrite", "stop_after_epochs", "device", "workers")
+_MACHINE_KEYS = (*PER_RUN_KEYS, "output", "device", "workers")
 _PATH_KEYS = ("data", "finetune", "teacher_weights")
 # The recipe lines the card shows first (the full recipe follows, folded).
 _RECIPE_SUMMARY = ("model", "epochs", "img_size", "batch_size", "opt", "lr", "weight_decay", "warmup_epochs",
@@ -118,7 +126,8 @@ def save_pretrained(model, out_dir, *, weights=None, class_names: list[str] | No
     out = Path(out_dir)
     _check_target(out)
     net, source = _resolve(model, weights)
-    arch = timm_architecture(net)
+    timm_state = to_timm(net.state_dict())
+    arch = timm_architecture(net, timm_state)
     names = class_names if class_names is not None else source.class_names
     if names is not None and len(names) != net.num_classes:
         raise UserError(f"{param('class_names')} has {len(names)} names, the model has {net.num_classes} classes")
@@ -133,12 +142,8 @@ def save_pretrained(model, out_dir, *, weights=None, class_names: list[str] | No
     card_metrics = {**source.metrics, **(metrics or {})}
     dataset = dataset or source.dataset
 
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in to_timm(net.state_dict()).items()}
-    # repvit's reader takes the class names from this metadata; timm ignores it.
-    info = {"format": "pt", "repvit_model": net.name}
-    if names is not None:
-        info["class_names"] = json.dumps(list(names))
-    atomic_write(out / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata=info))
+    # repvit's reader takes the class names from the metadata; timm ignores it ("pt": timm's format tag).
+    save_weights(net, out / WEIGHTS, class_names=names, metadata={"format": "pt"}, state_dict=timm_state)
     atomic_write(out / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     card = model_card(net, arch, config, source, card_metrics, latency, dataset)
     atomic_write(out / CARD, lambda tmp: tmp.write_text(card))
@@ -147,9 +152,10 @@ def save_pretrained(model, out_dir, *, weights=None, class_names: list[str] | No
     return out
 
 
-def timm_architecture(model: nn.Module) -> str:
+def timm_architecture(model: nn.Module, timm_state: dict | None = None) -> str:
     """The timm architecture ``model`` is, checked tensor by tensor against timm's model of that
-    name; otherwise a one-line :class:`UserError` saying why plain timm could not load it."""
+    name; otherwise a one-line :class:`UserError` saying why plain timm could not load it.
+    ``timm_state``: ``to_timm(model.state_dict())`` when the caller already has it."""
     if isinstance(model, RepViTFeatures):
         raise UserError(f"{model.name}: a features_only backbone; save the classifier model (timm builds "
                         "features_only from it)")
@@ -166,9 +172,8 @@ def timm_architecture(model: nn.Module) -> str:
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         reference = timm.create_model(model.name, num_classes=model.num_classes, distillation=model.distillation,
                                       in_chans=model.in_chans)
-    problem = first_mismatch(reference.state_dict(), to_timm(model.state_dict()))
+    problem = first_mismatch(reference.state_dict(), timm_state or to_timm(model.state_dict()), what="this model")
     if problem:
-        problem = problem.replace("missing from the checkpoint", "missing here").replace("in the checkpoint", "here")
         raise UserError(f"{model.name}: its structure differs from timm's {model.name} ({problem}), so plain timm "
                         "could not load it")
     return model.name

@@ -44,16 +44,17 @@ def _fill_batch_counters(expected: dict, state: dict) -> dict:
     return {**state, **{k: torch.zeros_like(expected[k]) for k in missing}} if missing else state
 
 
-def first_mismatch(expected: dict, state: dict) -> str | None:
-    """The first difference between two state dicts, in words (None when their keys and shapes agree)."""
+def first_mismatch(expected: dict, state: dict, what: str = "the checkpoint") -> str | None:
+    """The first difference between two state dicts, in words (None when their keys and shapes agree);
+    ``what`` names ``state``'s side."""
     for key, tensor in expected.items():
         if key not in state:
-            return f"tensor {key!r} {tuple(tensor.shape)} is missing from the checkpoint"
+            return f"tensor {key!r} {tuple(tensor.shape)} is missing from {what}"
         if tuple(state[key].shape) != tuple(tensor.shape):
-            return f"tensor {key!r} has shape {tuple(state[key].shape)} in the checkpoint, the model expects {tuple(tensor.shape)}"
+            return f"tensor {key!r} has shape {tuple(state[key].shape)} in {what}, the model expects {tuple(tensor.shape)}"
     extra = [k for k in state if k not in expected]
     if extra:
-        return f"the checkpoint has tensor {extra[0]!r} {tuple(state[extra[0]].shape)}, which the model does not"
+        return f"{what} has tensor {extra[0]!r} {tuple(state[extra[0]].shape)}, which the model does not"
     return None
 
 
@@ -125,11 +126,13 @@ def load_weights(model: nn.Module, source, *, sha256: str | None = None, ignore_
     return checkpoint
 
 
-def save_weights(model: nn.Module, path, *, class_names: list[str] | None = None, metadata: dict | None = None) -> Path:
+def save_weights(model: nn.Module, path, *, class_names: list[str] | None = None, metadata: dict | None = None,
+                 state_dict: dict | None = None) -> Path:
     """Save ``model``'s weights in this package's format, atomically (temp file + rename).
 
     ``.safetensors`` (preferred) stores the tensors plus string metadata (model name, classes,
     whether it is reparameterized); ``.pt``/``.pth`` store ``{"model": state_dict, "repvit_metadata": ...}``.
+    ``state_dict`` replaces ``model.state_dict()`` (the same tensors in another key layout, e.g. timm's).
     """
     path = Path(path)
     info = {
@@ -144,7 +147,7 @@ def save_weights(model: nn.Module, path, *, class_names: list[str] | None = None
         info["class_names"] = json.dumps(list(class_names))
     info.update({k: str(v) for k, v in (metadata or {}).items()})
     # Contiguous clones: safetensors refuses shared or strided storage.
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in (state_dict or model.state_dict()).items()}
     if path.suffix == ".safetensors":
         return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=info))
     return atomic_write(path, lambda tmp: torch.save({"model": state, "repvit_metadata": info}, tmp))
